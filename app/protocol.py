@@ -1,0 +1,123 @@
+"""The wire contract: frame types, error codes, close codes, and the checks on names and positions.
+
+Frames the relay sends are JSON objects with a ``type``:
+
+==============  =========================================================================
+``subscribed``  first frame to every consumer: ``channel``, ``id`` (delivery goes on after it)
+``message``     ``id``, ``channel``, ``data`` (the producer's JSON, verbatim)
+``gap``         ``from``, ``next``: messages after ``from`` and before ``next`` are gone
+``ack``         to a producer: ``id`` of the stored entry
+``error``       ``code``, ``detail``: the frame it answers was not stored / not accepted
+==============  =========================================================================
+
+Close codes follow RFC 6455 (1000-2999) and the IANA registry (1012, 1013); 4000-4999 are
+reserved for relay-specific codes (none yet).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Final
+
+import orjson
+
+from app import streamid
+from app.errors import InvalidChannel, InvalidPosition
+from app.streamid import StreamId
+
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_CHANNEL = re.compile(CHANNEL_PATTERN[1:-1])
+DEFAULT_CHANNEL: Final = "default"
+
+
+class Close(IntEnum):
+    """WebSocket close codes the relay sends."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the instance is stopping
+    POLICY = 1008  # refused: bad channel, bad position, bad token
+    TOO_BIG = 1009  # a frame larger than RELAY_MAX_MESSAGE_BYTES
+    INTERNAL = 1011
+    RESTART = 1012  # the instance is draining: reconnect (elsewhere) and resume with ``from``
+    TRY_AGAIN = 1013  # Redis is unavailable right now
+
+
+class ErrorCode(StrEnum):
+    """``code`` of an ``error`` frame (and of an HTTP error body)."""
+
+    INVALID_JSON = "invalid_json"  # the frame is not one JSON value
+    BINARY_FRAME = "binary_frame"  # producers send text frames
+    TOO_LARGE = "too_large"  # HTTP body over RELAY_MAX_MESSAGE_BYTES
+    INVALID_CHANNEL = "invalid_channel"
+    INVALID_ID = "invalid_id"
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    UNEXPECTED_FRAME = "unexpected_frame"  # a fan-out consumer sent something
+    UNAVAILABLE = "unavailable"  # Redis unreachable, or the instance is draining
+    STORAGE_ERROR = "storage_error"  # Redis refused the write (e.g. the key is not a stream)
+    RATE_LIMITED = "rate_limited"
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a consumer starts: after ``after``; ``latest`` means after whatever is last now."""
+
+    after: StreamId
+    latest: bool = False
+    report_gap: bool = True  # ``from=0`` asks for what is retained: no gap to report
+
+    @property
+    def text(self) -> str:
+        return "$" if self.latest else streamid.format_id(self.after)
+
+
+LATEST: Final = Position(streamid.ZERO, latest=True)
+ORIGIN: Final = Position(streamid.ZERO, report_gap=False)
+
+
+def check_channel(name: str) -> str:
+    if _CHANNEL.fullmatch(name) is None:
+        raise InvalidChannel(f"invalid channel name {name[:140]!r}: expected {CHANNEL_PATTERN}")
+    return name
+
+
+def parse_position(text: str | None) -> Position:
+    """``from`` as a consumer or a history request gives it."""
+    if text is None or text == "$":
+        return LATEST
+    if text == "0":
+        return ORIGIN
+    sid = streamid.validate(text)
+    if sid is None:
+        raise InvalidPosition(
+            f"invalid from {text[:60]!r}: expected '$', '0' or an entry id such as 1732540000000-0"
+        )
+    return Position(sid)
+
+
+def subscribed_frame(channel: str, position: str) -> str:
+    return f'{{"type":"subscribed","channel":"{channel}","id":"{position}"}}'
+
+
+def message_frame(entry_id: str, channel: str, data: str) -> str:
+    """A message as consumers see it; ``data`` is JSON text already validated on the way in."""
+    return f'{{"type":"message","id":"{entry_id}","channel":"{channel}","data":{data}}}'
+
+
+def gap_frame(after: str, next_id: str) -> str:
+    return f'{{"type":"gap","from":"{after}","next":"{next_id}"}}'
+
+
+def ack_frame(entry_id: str) -> str:
+    return f'{{"type":"ack","id":"{entry_id}"}}'
+
+
+def error_body(code: ErrorCode, detail: str) -> bytes:
+    return orjson.dumps({"type": "error", "code": code, "detail": detail})
+
+
+def error_frame(code: ErrorCode, detail: str) -> str:
+    return error_body(code, detail).decode()

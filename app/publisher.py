@@ -1,0 +1,127 @@
+"""Coalesces the publishes of every producer on the instance into pipelined batches.
+
+Frames that arrive while a batch is in flight wait for the next one, so under load each Redis
+round trip carries many messages (one script call per channel); idle, a message goes out at once.
+One batch is in flight at a time: that keeps every channel's messages in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Final
+
+from app import metrics
+from app.broker import PublishRequest
+from app.broker_redis import RedisBroker
+from app.errors import BrokerError, BrokerUnavailable, StorageError
+
+log = logging.getLogger("relay.publisher")
+
+Receipt = tuple[str, bool]
+"""``(entry id, replayed)``: replayed when an idempotency key named an earlier entry."""
+
+_MAX_BATCH: Final = 2048  # messages per round trip
+_MAX_REQUEST_BYTES: Final = 512 * 1024  # per script call: keeps each announcement well under Redis's limits
+_MAX_REQUEST_MESSAGES: Final = 512
+
+_Item = tuple[str, str, str | None, "asyncio.Future[Receipt]"]
+
+
+class Publisher:
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._queue: deque[_Item] = deque()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="relay-publisher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail(list(self._queue), BrokerUnavailable("the instance is stopping"))
+        self._queue.clear()
+
+    def submit(self, channel: str, data: str, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
+        """Queue one message; the future resolves once Redis has it (or fails: not stored)."""
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._queue.append((channel, data, idempotency_key, future))
+        self._ready.set()
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            batch = [self._queue.popleft() for _ in range(min(_MAX_BATCH, len(self._queue)))]
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # keep publishing whatever one batch did
+                log.exception("publishing a batch failed")
+                self._fail(batch, BrokerUnavailable(f"publish failed: {exc}"))
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        requests, slots = _group(batch)
+        try:
+            results = await self._broker.publish(requests)
+        except BrokerError as exc:
+            metrics.REDIS_ERRORS.labels("publish").inc()
+            self._fail(batch, exc)
+            return
+        stored = 0
+        for index, offset, future in slots:
+            result = results[index]
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                error = result if isinstance(result, BrokerError) else StorageError(str(result))
+                future.set_exception(error)
+            elif result.replayed:
+                future.set_result((result.ids[0], True))
+            else:
+                future.set_result((result.ids[offset], False))
+                stored += 1
+        metrics.PUBLISHED.inc(stored)
+
+    @staticmethod
+    def _fail(items: list[_Item], error: Exception) -> None:
+        for _, _, _, future in items:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # a producer that went away no longer reads it
+
+
+def _group(batch: list[_Item]) -> tuple[list[PublishRequest], list[tuple[int, int, asyncio.Future[Receipt]]]]:
+    """One request per channel run; an idempotent message gets a request of its own."""
+    requests: list[PublishRequest] = []
+    sizes: list[int] = []
+    open_request: dict[str, int] = {}
+    slots: list[tuple[int, int, asyncio.Future[Receipt]]] = []
+    for channel, data, key, future in batch:
+        if key is not None:
+            open_request.pop(channel, None)
+            requests.append(PublishRequest(channel, [data], key))
+            sizes.append(len(data))
+            slots.append((len(requests) - 1, 0, future))
+            continue
+        index = open_request.get(channel)
+        if (
+            index is None
+            or sizes[index] + len(data) > _MAX_REQUEST_BYTES
+            or len(requests[index].data) >= _MAX_REQUEST_MESSAGES
+        ):
+            requests.append(PublishRequest(channel, []))
+            sizes.append(0)
+            index = open_request[channel] = len(requests) - 1
+        request = requests[index]
+        slots.append((index, len(request.data), future))
+        request.data.append(data)
+        sizes[index] += len(data)
+    return requests, slots

@@ -1,0 +1,129 @@
+"""HTTP: publish one message, read a channel's history, list channels."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from app import protocol, streamid
+from app.errors import BrokerError, BrokerUnavailable, ProtocolError
+from app.protocol import ErrorCode
+from app.routes.common import DRAINING_DETAIL, error_response, relay_of
+
+router = APIRouter()
+
+_IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,200}")
+HISTORY_LIMIT: Final = 1000
+CHANNELS_LIMIT: Final = 10_000
+
+
+@router.post("/channels/{channel}/messages", status_code=201)
+async def publish(
+    request: Request, channel: str, idempotency_key: Annotated[str | None, Header()] = None
+) -> Response:
+    relay = relay_of(request)
+    try:
+        protocol.check_channel(channel)
+    except ProtocolError as exc:
+        return error_response(400, ErrorCode(exc.code), exc.detail)
+    if idempotency_key is not None and _IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
+        return error_response(
+            400, ErrorCode.INVALID_REQUEST, "Idempotency-Key: expected 1-200 visible ASCII characters"
+        )
+    if relay.draining:
+        return error_response(503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL, {"Retry-After": "1"})
+    limit = relay.settings.max_message_bytes
+    body = await _read_body(request, limit)
+    if body is None:
+        return error_response(413, ErrorCode.TOO_LARGE, f"body over RELAY_MAX_MESSAGE_BYTES ({limit})")
+    try:
+        orjson.loads(body)
+        text = body.decode()
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error_response(400, ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
+    try:
+        entry_id, replayed = await relay.publisher.submit(channel, text, idempotency_key)
+    except BrokerUnavailable as exc:
+        return error_response(503, ErrorCode.UNAVAILABLE, f"not stored: {exc}", {"Retry-After": "1"})
+    except BrokerError as exc:
+        return error_response(500, ErrorCode.STORAGE_ERROR, f"not stored: {exc}")
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(
+        orjson.dumps({"id": entry_id}), status_code=201, media_type="application/json", headers=headers
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.get("/channels/{channel}/messages")
+async def history(
+    request: Request,
+    channel: str,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT)] = 100,
+) -> Response:
+    relay = relay_of(request)
+    try:
+        protocol.check_channel(channel)
+        position = protocol.parse_position(from_ or "0")
+    except ProtocolError as exc:
+        return error_response(400, ErrorCode(exc.code), exc.detail)
+    if position.latest:
+        return error_response(400, ErrorCode.INVALID_ID, "history needs from=0 or an entry id, not $")
+    try:
+        page = await relay.broker.read(
+            channel, position.after, until=None, count=limit, report_gap=position.report_gap
+        )
+    except BrokerError as exc:
+        return error_response(503, ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": "1"})
+    if not page.exists:
+        return error_response(404, ErrorCode.UNKNOWN_CHANNEL, f"channel {channel!r} has no stream")
+    messages = ",".join(protocol.message_frame(entry_id, channel, data) for entry_id, data in page.entries)
+    next_id = page.entries[-1][0] if page.entries else position.text
+    gap = ""
+    if page.lost_until is not None:
+        first = page.entries[0][0] if page.entries else streamid.format_id(page.lost_until)
+        gap = f',"gap":{protocol.gap_frame(position.text, first)}'
+    body = f'{{"channel":"{channel}","messages":[{messages}],"next":"{next_id}"{gap}}}'
+    return Response(body, media_type="application/json")
+
+
+@router.get("/channels")
+async def channels(
+    request: Request, limit: Annotated[int, Query(ge=1, le=CHANNELS_LIMIT)] = 1000
+) -> Response:
+    relay = relay_of(request)
+    try:
+        infos = await relay.broker.channels(limit)
+    except BrokerError as exc:
+        return error_response(503, ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": "1"})
+    body = {
+        "channels": [
+            {
+                "name": i.name,
+                "length": i.length,
+                "first_id": i.first_id,
+                "last_id": i.last_id,
+                "groups": i.groups,
+            }
+            for i in infos
+        ]
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

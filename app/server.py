@@ -1,0 +1,56 @@
+"""``relay serve``: uvicorn with the relay's drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from app.lifecycle import Relay
+from app.main import create_app
+from app.settings import Settings
+
+log = logging.getLogger("relay")
+
+
+class RelayServer(uvicorn.Server):
+    """Drains the relay (``app.lifecycle.Relay.drain``) before uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def _relay(self) -> Relay | None:
+        return getattr(self._app.state, "relay", None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        relay = self._relay()
+        if relay is not None:
+            relay.begin_drain()  # /readyz answers 503 from this instant
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        relay = self._relay()
+        if relay is not None and not self.force_exit:
+            await relay.drain()
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets-sansio",
+        ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
+        access_log=False,
+        lifespan="on",
+    )
+    RelayServer(config, app).run()

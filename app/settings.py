@@ -1,0 +1,87 @@
+"""Settings: environment variables prefixed ``RELAY_`` (and a ``.env`` file), one class.
+
+Every field is documented in README.md's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _instance_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    redis_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RELAY_REDIS_URL", "REDIS_URL"),
+        description="Redis to use; unset: an embedded in-process Redis (one instance, nothing kept).",
+    )
+    key_prefix: str = Field(default="relay", description="Prefix of every Redis key the relay writes.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_message_bytes: int = Field(default=65536, ge=16, le=16 * 1024 * 1024)
+    stream_maxlen: int = Field(default=10_000, ge=0, description="Entries kept per channel; 0: no limit.")
+    stream_max_age: Seconds | None = Field(
+        default=None, description="Seconds an entry is kept; unset: forever."
+    )
+    consumer_buffer: int = Field(default=1000, ge=1, description="Live messages held per consumer.")
+    producer_window: int = Field(default=256, ge=1, description="Unanswered frames per producer.")
+    idempotency_ttl: int = Field(default=86_400, ge=1, description="Seconds an Idempotency-Key is kept.")
+    drain_grace: float = Field(default=1.0, ge=0, description="Seconds /readyz says 503 before consumers go.")
+    drain_timeout: Seconds = Field(default=2.0, description="Seconds connections get to close after that.")
+    redis_timeout: Seconds = Field(default=2.0, description="Connect and command timeout towards Redis.")
+    instance_name: str = Field(default_factory=_instance_name)
+    log_level: str = "info"
+    ws_per_message_deflate: bool = False
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if _PREFIX.fullmatch(value) is None:
+            raise ValueError(f"expected 1-64 characters of [A-Za-z0-9_.:-], got {value!r}")
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if value.lower() not in levels:
+            raise ValueError(f"expected one of {', '.join(levels)}, got {value!r}")
+        return value.lower()
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    def redis_url_for_display(self) -> str:
+        """The Redis URL with any password masked, for logs."""
+        if self.redis_url is None:
+            return "embedded (fakeredis)"
+        parts = urlsplit(self.redis_url.get_secret_value())
+        if parts.password is None:
+            return urlunsplit(parts)
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))

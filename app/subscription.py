@@ -1,0 +1,125 @@
+"""One consumer's position in one channel: what it has been sent, what it still has to get.
+
+A subscription receives live messages from its channel's topic (:mod:`app.hub`) into a bounded
+buffer, and reads from the stream whatever the buffer does not cover:
+
+- ``last``: id of the last message handed to the connection;
+- the buffer holds every live message with ``base < id``, in order, without holes;
+- ``behind``: the messages in ``(last, base]`` must first be read from Redis.
+
+A resume (``from=<id>``) starts behind; a consumer whose buffer overflows drops the buffer and
+falls behind. Either way it catches up from the stream, page by page, and then continues from the
+buffer, so no message is lost or repeated at the seam (``docs/design.md``). Memory per
+subscription is bounded by the buffer and one page; a slow consumer never slows the others.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+from app import metrics, protocol, streamid
+from app.broker import Page
+from app.streamid import StreamId
+
+Message = dict[str, str]
+"""An ASGI ``websocket.send`` message, built once per message and shared by every consumer."""
+
+PAGE: Final = 500
+_LIVE_BATCH: Final = 64
+
+
+class Reader(Protocol):
+    def __call__(
+        self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
+    ) -> Awaitable[Page]: ...
+
+
+def text_message(frame: str) -> Message:
+    return {"type": "websocket.send", "text": frame}
+
+
+class Subscription:
+    __slots__ = ("_base", "_behind", "_limit", "_live", "_reader", "_report_gap", "_wake", "channel", "last")
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        last: StreamId,
+        base: StreamId,
+        report_gap: bool,
+        limit: int,
+        reader: Reader,
+        wake: Callable[[], None],
+    ) -> None:
+        self.channel = channel
+        self.last = last
+        self._base = base
+        self._behind = last < base
+        self._report_gap = report_gap or not self._behind  # only the first read may skip it
+        self._live: deque[tuple[StreamId, Message]] = deque()
+        self._limit = limit
+        self._reader = reader
+        self._wake = wake
+
+    @property
+    def behind(self) -> bool:
+        return self._behind
+
+    def push(self, sid: StreamId, message: Message) -> None:
+        """A live message from the topic. Never blocks; on overflow, fall behind instead."""
+        live = self._live
+        if len(live) >= self._limit:
+            live.clear()
+            self._base = sid
+            if not self._behind:
+                self._behind = True
+                metrics.SLOW_CONSUMER_EVENTS.inc()
+        else:
+            live.append((sid, message))
+        self._wake()
+
+    def fall_behind(self, base: StreamId) -> None:
+        """The topic could not pass on what precedes ``base``: read it from the stream."""
+        self._live.clear()
+        self._base = base
+        self._behind = True
+        self._wake()
+
+    async def take(self) -> list[Message]:
+        """The next messages to send, in order; empty when there is nothing right now."""
+        if self._behind:
+            return await self._catch_up()
+        live = self._live
+        out: list[Message] = []
+        last = self.last
+        while live and len(out) < _LIVE_BATCH:
+            sid, message = live.popleft()
+            if sid > last:
+                last = sid
+                out.append(message)
+        self.last = last
+        return out
+
+    async def _catch_up(self) -> list[Message]:
+        target = self._base
+        after = self.last
+        page = await self._reader(self.channel, after, until=target, count=PAGE, report_gap=self._report_gap)
+        self._report_gap = True
+        out: list[Message] = []
+        entries = page.entries
+        if page.lost_until is not None:
+            next_id = entries[0][0] if entries else streamid.format_id(target)
+            out.append(text_message(protocol.gap_frame(streamid.format_id(after), next_id)))
+            metrics.GAPS.inc()
+        channel = self.channel
+        for entry_id, data in entries:
+            out.append(text_message(protocol.message_frame(entry_id, channel, data)))
+        if entries:
+            self.last = streamid.parse(entries[-1][0])
+        if len(entries) < PAGE:  # nothing more up to target
+            self.last = max(self.last, target)
+            self._behind = self._base != target  # it overflowed again while we read
+        return out
