@@ -128,6 +128,13 @@ class RedisBroker:
     # -- publishing -----------------------------------------------------------------------------
 
     async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        replies = await self._run_publish(requests)
+        if replies and all(isinstance(r, redis_errors.NoScriptError) for r in replies):
+            replies = await self._run_publish(requests)  # SCRIPT FLUSH: nothing ran; load and retry
+        return [_published(reply) for reply in replies]
+
+    async def _run_publish(self, requests: Sequence[PublishRequest]) -> list[Any]:
+        """One round trip: SCRIPT LOAD when the script may be missing, then one EVALSHA per request."""
         pipe = self._pub.pipeline(transaction=False)
         load = not self._script_loaded
         if load:
@@ -138,11 +145,10 @@ class RedisBroker:
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         except _UNAVAILABLE as exc:
             self._script_loaded = False  # a new connection may mean a restarted Redis
-            raise BrokerUnavailable(f"Redis did not answer the publish: {exc}") from exc
+            raise BrokerUnavailable(f"Redis did not answer the publish: {_describe(exc)}") from exc
         replies = replies[1:] if load else replies
-        # after a SCRIPT FLUSH the next batch loads the script again
         self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
-        return [_published(reply) for reply in replies]
+        return replies
 
     def _publish_keys_and_args(self, request: PublishRequest) -> list[str | int]:
         keys = self._keys

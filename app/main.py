@@ -1,5 +1,5 @@
-"""The app factory and its lifespan. ``uvicorn app.main:app`` serves the module-level ``app``;
-``relay serve`` (``app.server``) adds the graceful drain on SIGTERM."""
+"""The app factory and its lifespan. ``uvicorn app.main:app`` serves ``app`` (built on first
+access, from the environment); ``relay serve`` (``app.server``) adds the graceful drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from app import __version__
+from app import __version__, logs
 from app.lifecycle import Relay
 from app.protocol import ErrorCode
 from app.routes import channels, consumer, health, producer
@@ -20,6 +20,7 @@ from app.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    logs.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,4 +45,10 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     return error_response(400, ErrorCode.INVALID_REQUEST, detail)
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """``app.main:app`` is built on first access, so that importing this module reads no settings."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = create_app()
+    globals()["app"] = built
+    return built

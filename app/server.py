@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from app import logs
 from app.lifecycle import Relay
 from app.main import create_app
 from app.settings import Settings
@@ -46,6 +47,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=logs.uvicorn_config("debug" if settings.log_level == "trace" else settings.log_level),
         ws="websockets-sansio",
         ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
         ws_per_message_deflate=settings.ws_per_message_deflate,

@@ -26,7 +26,12 @@ Seconds = Annotated[float, Field(gt=0)]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="RELAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_prefix="RELAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # RELAY_REDIS_URL= counts as unset
+        extra="ignore",
+        populate_by_name=True,
     )
 
     redis_url: SecretStr | None = Field(

@@ -26,7 +26,7 @@ from app.wakeup import Wakeup
 router = APIRouter()
 log = logging.getLogger("relay.consumer")
 
-_UNEXPECTED_LIMIT: Final = 32  # unanswered client frames before the connection is closed
+_UNEXPECTED_LIMIT: Final = 32  # client frames awaiting their error reply before the connection is closed
 
 
 @router.websocket("/ws/consumer/{channel}")
@@ -70,7 +70,6 @@ class ConsumerConnection:
         self._control: deque[str] = deque()
         self._closing = False
         self._close: tuple[int, str] | None = None
-        self._unexpected = 0
 
     def request_close(self, code: int, reason: str) -> None:
         if not self._closing:
@@ -126,8 +125,7 @@ class ConsumerConnection:
             if message["type"] == "websocket.disconnect":
                 self.request_close_silently()
                 return
-            self._unexpected += 1
-            if self._unexpected > _UNEXPECTED_LIMIT:
+            if len(self._control) >= _UNEXPECTED_LIMIT:  # faster than the answers can go out
                 self.request_close(Close.POLICY, "consumers send no frames in fan-out mode")
                 return
             metrics.ERRORS.labels(ErrorCode.UNEXPECTED_FRAME).inc()
