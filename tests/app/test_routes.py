@@ -1,0 +1,142 @@
+"""Handler tests: the whole app in-process on the embedded Redis (Starlette's TestClient)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient, WebSocketDenialResponse
+
+from app.main import create_app
+from app.settings import Settings
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    settings = Settings(_env_file=None, redis_url=None, max_message_bytes=256, stream_maxlen=50)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 5
+        while client.get("/readyz").status_code != 200:  # Pub/Sub connects in the background
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.01)
+        yield client
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+def test_http_publish_then_history(client: TestClient) -> None:
+    ids = [client.post("/channels/h/messages", content=json.dumps({"n": n})).json()["id"] for n in range(5)]
+    history = client.get("/channels/h/messages").json()
+    assert [m["id"] for m in history["messages"]] == ids
+    assert history["messages"][0] == {"type": "message", "id": ids[0], "channel": "h", "data": {"n": 0}}
+    page = client.get(f"/channels/h/messages?from={ids[1]}&limit=2").json()
+    assert [m["data"]["n"] for m in page["messages"]] == [2, 3]
+    assert page["next"] == ids[3]
+    assert client.get(f"/channels/h/messages?from={page['next']}").json()["messages"][0]["id"] == ids[4]
+
+
+def test_history_reports_what_retention_removed(client: TestClient) -> None:
+    ids = [client.post("/channels/r/messages", content=str(n)).json()["id"] for n in range(80)]
+    page = client.get(f"/channels/r/messages?from={ids[0]}&limit=1").json()
+    assert page["gap"]["type"] == "gap"
+    assert page["gap"]["from"] == ids[0]
+    assert page["gap"]["next"] == page["messages"][0]["id"]
+    assert "gap" not in client.get("/channels/r/messages?from=0&limit=1").json()
+
+
+def test_idempotency_key_answers_a_repeat_with_the_first_id(client: TestClient) -> None:
+    first = client.post("/channels/pay/messages", content='{"amount":5}', headers={"Idempotency-Key": "k-1"})
+    again = client.post("/channels/pay/messages", content='{"amount":5}', headers={"Idempotency-Key": "k-1"})
+    other = client.post("/channels/pay/messages", content='{"amount":5}', headers={"Idempotency-Key": "k-2"})
+    assert first.status_code == again.status_code == other.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert other.json() != first.json()
+    assert len(client.get("/channels/pay/messages").json()["messages"]) == 2
+
+
+def test_channel_listing(client: TestClient) -> None:
+    client.post("/channels/list-b/messages", content="1")
+    client.post("/channels/list-a/messages", content="1")
+    client.post("/channels/list-a/messages", content="2")
+    listed = {c["name"]: c for c in client.get("/channels").json()["channels"]}
+    assert listed["list-a"]["length"] == 2
+    assert listed["list-b"]["length"] == 1
+    assert listed["list-a"]["last_id"] == client.get("/channels/list-a/messages").json()["next"]
+
+
+def test_producer_and_consumer_over_websockets(client: TestClient) -> None:
+    with client.websocket_connect("/ws/consumer/live") as consumer:
+        assert consumer.receive_json() == {"type": "subscribed", "channel": "live", "id": "0-0"}
+        with client.websocket_connect("/ws/producer/live") as producer:
+            producer.send_text('{"hello":"there"}')
+            ack = producer.receive_json()
+            producer.send_text("nope")
+            assert producer.receive_json()["code"] == "invalid_json"
+            producer.send_bytes(b"{}")
+            assert producer.receive_json()["code"] == "binary_frame"
+        assert consumer.receive_json() == {
+            "type": "message",
+            "id": ack["id"],
+            "channel": "live",
+            "data": {"hello": "there"},
+        }
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/ws/consumer/bad!name", 400, "invalid_channel"),
+        ("/ws/producer/-x", 400, "invalid_channel"),
+        ("/ws/consumer/ok?from=yesterday", 400, "invalid_id"),
+    ],
+)
+def test_refused_handshakes_answer_with_json(client: TestClient, path: str, status: int, code: str) -> None:
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect(path):
+        pass
+    assert refused.value.status_code == status
+    assert refused.value.json()["code"] == code
+
+
+def test_http_errors_share_the_error_shape(client: TestClient) -> None:
+    too_big = client.post("/channels/c/messages", content=json.dumps("x" * 300))
+    assert (too_big.status_code, too_big.json()["code"]) == (413, "too_large")
+    bad_limit = client.get("/channels/c/messages?limit=5000")
+    assert (bad_limit.status_code, bad_limit.json()["type"], bad_limit.json()["code"]) == (
+        400,
+        "error",
+        "invalid_request",
+    )
+    assert client.get("/channels/c/messages?from=$").json()["code"] == "invalid_id"
+
+
+def test_metrics_move_when_messages_flow(client: TestClient) -> None:
+    published = metric(client, "relay_messages_published_total")
+    delivered = metric(client, "relay_messages_delivered_total")
+    errors = metric(client, "relay_errors_total", code="invalid_json")
+    with client.websocket_connect("/ws/consumer/m") as consumer:
+        consumer.receive_json()
+        assert metric(client, "relay_connections", role="consumer") >= 1
+        client.post("/channels/m/messages", content="1")
+        consumer.receive_json()
+    client.post("/channels/m/messages", content="{")
+    assert metric(client, "relay_messages_published_total") == published + 1
+    assert metric(client, "relay_messages_delivered_total") >= delivered + 1
+    assert metric(client, "relay_errors_total", code="invalid_json") == errors + 1

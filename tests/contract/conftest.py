@@ -1,0 +1,81 @@
+"""The broker and the hub on both Redis flavours: the embedded fakeredis and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from app.broker import Entry
+from app.broker_redis import RedisBroker
+from app.errors import BrokerUnavailable
+from app.settings import Settings
+from tests.support import timeout
+
+
+class Recorder:
+    """A broker listener that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.announcements: list[tuple[str, str, list[Entry]]] = []
+        self.resubscribed = 0
+        self.changed = asyncio.Event()
+
+    def on_announcement(self, channel: str, prev: str, entries: list[Entry]) -> None:
+        self.announcements.append((channel, prev, entries))
+        self.changed.set()
+
+    def on_resubscribed(self) -> None:
+        self.resubscribed += 1
+        self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5) -> None:
+        async with asyncio.timeout(timeout(within)):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+BrokerFactory = Callable[..., Any]
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def settings_for(request: pytest.FixtureRequest, prefix: str) -> Callable[..., Settings]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+    def make(**overrides: Any) -> Settings:
+        return Settings(_env_file=None, redis_url=url, key_prefix=prefix, **overrides)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+async def open_broker(settings_for: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """``await open_broker(listener, **settings)``: a started broker whose Pub/Sub is connected.
+    ``listener`` may also be a function of the broker that returns the listener (e.g. a Hub)."""
+    opened: list[RedisBroker] = []
+
+    async def make(listener: Any, **overrides: Any) -> RedisBroker:
+        broker = RedisBroker(settings_for(**overrides))
+        opened.append(broker)
+        await broker.start(listener(broker) if callable(listener) else listener)
+        async with asyncio.timeout(timeout(5)):
+            while True:
+                try:
+                    await broker.ping()
+                    return broker
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.02)  # the Pub/Sub connection comes up in the background
+
+    yield make
+    for broker in opened:
+        await broker.close()
+
+
+def raw(broker: RedisBroker) -> Redis:
+    """The broker's own read client, for setting up situations only a third party creates."""
+    client: Redis = broker._read
+    return client

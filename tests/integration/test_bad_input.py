@@ -1,0 +1,140 @@
+"""Every bad input gets the contract's answer from a real instance, and loses nothing."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2 as httpx
+import pytest
+import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import RelayFactory
+from tests.support import (
+    Instance,
+    close_code,
+    consumer,
+    publish_all,
+    recv_json,
+    recv_messages,
+    stream_ids,
+    timeout,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.processes]
+
+
+@pytest.fixture
+def instance(relay: RelayFactory) -> Instance:
+    return relay(max_message_bytes="1024").start()
+
+
+async def test_invalid_json_and_binary_frames_get_errors_and_the_connection_keeps_working(
+    instance: Instance, redis_client: redis.Redis, prefix: str
+) -> None:
+    async with connect(f"{instance.ws}/ws/producer/bad") as ws:
+        for frame in ["{not json", b"\x00\x01", '{"a":1} trailing', "", '{"ok":true}']:
+            await ws.send(frame)
+        replies = [await recv_json(ws) for _ in range(5)]
+    assert [r.get("code", r["type"]) for r in replies] == [
+        "invalid_json",
+        "binary_frame",
+        "invalid_json",
+        "invalid_json",
+        "ack",
+    ]
+    assert all(r["detail"] for r in replies[:4])
+    assert stream_ids(redis_client, f"{prefix}:{{bad}}") == [replies[4]["id"]]
+
+
+async def test_an_oversized_frame_closes_with_1009_after_answering_earlier_frames(
+    instance: Instance, redis_client: redis.Redis, prefix: str
+) -> None:
+    async with connect(f"{instance.ws}/ws/producer/big") as ws:
+        for n in range(3):
+            await ws.send(json.dumps(n))
+        await ws.send(json.dumps("x" * 2000))
+        acks = [await recv_json(ws) for _ in range(3)]
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+    assert [a["type"] for a in acks] == ["ack"] * 3
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+    assert stream_ids(redis_client, f"{prefix}:{{big}}") == [a["id"] for a in acks]
+
+
+async def test_multibyte_text_is_measured_in_bytes(instance: Instance) -> None:
+    async with connect(f"{instance.ws}/ws/producer/bytes") as ws:
+        await ws.send(json.dumps("é" * 400, ensure_ascii=False))  # 800 bytes: fits
+        assert (await recv_json(ws))["type"] == "ack"
+        await ws.send(json.dumps("é" * 600, ensure_ascii=False))  # 1202 bytes: too big
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/ws/producer/bad%20name", "invalid_channel"),
+        ("/ws/producer/-leading-dash", "invalid_channel"),
+        ("/ws/producer/" + "c" * 129, "invalid_channel"),
+        ("/ws/consumer/sp%C3%A9cial", "invalid_channel"),
+        ("/ws/consumer/ok?from=abc", "invalid_id"),
+        ("/ws/consumer/ok?from=1-2-3", "invalid_id"),
+        ("/ws/consumer/ok?from=-1", "invalid_id"),
+        ("/ws/consumer/ok?from=99999999999999999999-0", "invalid_id"),
+        ("/ws/consumer/ok?from=", "invalid_id"),
+    ],
+)
+async def test_bad_channel_names_and_positions_are_refused_before_the_upgrade(
+    instance: Instance, path: str, code: str
+) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{instance.ws}{path}", open_timeout=timeout(5)):
+            pass
+    response = refused.value.response
+    assert response.status_code == 400
+    body = json.loads(response.body)
+    assert (body["type"], body["code"]) == ("error", code)
+    assert body["detail"]
+
+
+async def test_a_consumer_that_talks_gets_errors_and_still_receives(instance: Instance) -> None:
+    async with consumer(f"{instance.ws}/ws/consumer/chatty") as ws:
+        await ws.send("hello?")
+        assert (await recv_json(ws))["code"] == "unexpected_frame"
+        ids = await publish_all(f"{instance.ws}/ws/producer/chatty", ["still here"])
+        assert [m["id"] for m in await recv_messages(ws, 1)] == ids
+
+
+async def test_a_consumer_flooding_frames_is_closed_with_1008(instance: Instance) -> None:
+    async with consumer(f"{instance.ws}/ws/consumer/flood") as ws:
+        for _ in range(100):
+            await ws.send("spam")
+        assert await close_code(ws) == 1008
+
+
+def test_http_publish_errors(instance: Instance, redis_client: redis.Redis, prefix: str) -> None:
+    with httpx.Client(base_url=instance.http, timeout=timeout(5)) as http:
+        cases = [
+            (http.post("/channels/bad%20name/messages", content="1"), 400, "invalid_channel"),
+            (http.post("/channels/c/messages", content="{oops"), 400, "invalid_json"),
+            (http.post("/channels/c/messages", content=b"\xff\xfe"), 400, "invalid_json"),
+            (http.post("/channels/c/messages", content=json.dumps("x" * 2000)), 413, "too_large"),
+            (
+                http.post("/channels/c/messages", content="1", headers={"Idempotency-Key": "a b"}),
+                400,
+                "invalid_request",
+            ),
+            (http.get("/channels/c/messages?from=nope"), 400, "invalid_id"),
+            (http.get("/channels/c/messages?limit=0"), 400, "invalid_request"),
+            (http.get("/channels/never-written/messages"), 404, "unknown_channel"),
+        ]
+        for response, status, code in cases:
+            assert (response.status_code, response.json()["code"]) == (status, code), response.text
+            assert response.json()["type"] == "error"
+            assert response.json()["detail"]
+    assert redis_client.exists(f"{prefix}:{{c}}") == 0  # nothing was stored

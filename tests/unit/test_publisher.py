@@ -1,0 +1,90 @@
+"""Batching: per-channel order, one request per channel run, idempotent messages apart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from app.broker import Published, PublishRequest
+from app.errors import BrokerUnavailable, StorageError
+from app.publisher import Publisher, _group
+
+
+def fut() -> asyncio.Future[tuple[str, bool]]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def test_grouping_keeps_channel_order_and_isolates_idempotent_messages() -> None:
+    items = [
+        ("a", "1", None, fut()),
+        ("b", "2", None, fut()),
+        ("a", "3", None, fut()),
+        ("a", "4", "key", fut()),
+        ("a", "5", None, fut()),
+    ]
+    requests, slots = _group(items)
+    assert [(r.channel, r.data, r.idempotency_key) for r in requests] == [
+        ("a", ["1", "3"], None),
+        ("b", ["2"], None),
+        ("a", ["4"], "key"),
+        ("a", ["5"], None),
+    ]
+    assert [(index, offset) for index, offset, _ in slots] == [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]
+
+
+async def test_large_runs_are_split() -> None:
+    items = [("a", "x" * 100_000, None, fut()) for _ in range(12)]
+    requests, _ = _group(items)
+    assert len(requests) > 1
+    assert sum(len(r.data) for r in requests) == 12
+
+
+class FakeBroker:
+    def __init__(self) -> None:
+        self.calls: list[list[PublishRequest]] = []
+        self.fail: Exception | None = None
+        self.next_id = 0
+
+    async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        self.calls.append(list(requests))
+        if self.fail is not None:
+            raise self.fail
+        out: list[Published | Exception] = []
+        for request in requests:
+            if request.channel == "broken":
+                out.append(StorageError("WRONGTYPE"))
+                continue
+            ids = [f"{self.next_id + i}-0" for i in range(len(request.data))]
+            self.next_id += len(ids)
+            out.append(Published(ids))
+        return out
+
+
+async def test_concurrent_submissions_share_a_round_trip_and_get_their_own_ids() -> None:
+    broker = FakeBroker()
+    publisher = Publisher(broker)  # type: ignore[arg-type]
+    publisher.start()
+    try:
+        futures = [publisher.submit("a", str(n)) for n in range(10)] + [publisher.submit("broken", "x")]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await publisher.close()
+    assert len(broker.calls) == 1
+    assert results[:10] == [(f"{n}-0", False) for n in range(10)]
+    assert isinstance(results[10], StorageError)
+
+
+async def test_a_failed_round_trip_fails_every_message_in_it() -> None:
+    broker = FakeBroker()
+    broker.fail = BrokerUnavailable("down")
+    publisher = Publisher(broker)  # type: ignore[arg-type]
+    publisher.start()
+    try:
+        futures = [publisher.submit("a", str(n)) for n in range(3)]
+        for future in futures:
+            with pytest.raises(BrokerUnavailable):
+                await asyncio.wait_for(future, 5)
+    finally:
+        await publisher.close()

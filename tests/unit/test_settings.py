@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RELAY_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_run_embedded() -> None:
+    settings = Settings()
+    assert settings.embedded
+    assert (settings.key_prefix, settings.stream_maxlen, settings.stream_max_age) == ("relay", 10_000, None)
+    assert settings.redis_url_for_display() == "embedded (fakeredis)"
+
+
+def test_relay_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_STREAM_MAXLEN", "50")
+    monkeypatch.setenv("RELAY_STREAM_MAX_AGE", "3600")
+    monkeypatch.setenv("RELAY_KEY_PREFIX", "myapp")
+    settings = Settings()
+    assert (settings.stream_maxlen, settings.stream_max_age, settings.key_prefix) == (50, 3600.0, "myapp")
+
+
+def test_redis_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://fallback:6379/0")
+    assert Settings().redis_url_for_display() == "redis://fallback:6379/0"
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://preferred:6379/0")
+    assert Settings().redis_url_for_display() == "redis://preferred:6379/0"
+    monkeypatch.setenv("RELAY_REDIS_URL", "")
+    assert Settings().redis_url_for_display() == "redis://fallback:6379/0"  # empty counts as unset
+
+
+def test_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("RELAY_CONSUMER_BUFFER=77\nRELAY_REDIS_URL=redis://from-dotenv:1/0\n")
+    settings = Settings()
+    assert settings.consumer_buffer == 77
+    assert settings.redis_url_for_display() == "redis://from-dotenv:1/0"
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://user:s3cret@host:6379/0")
+    settings = Settings()
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings)
+    assert settings.redis_url_for_display() == "redis://user:***@host:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RELAY_STREAM_MAXLEN", "-1"),
+        ("RELAY_MAX_MESSAGE_BYTES", "0"),
+        ("RELAY_KEY_PREFIX", "bad prefix"),
+        ("RELAY_KEY_PREFIX", "a{b}"),
+        ("RELAY_STREAM_MAX_AGE", "0"),
+        ("RELAY_CONSUMER_BUFFER", "0"),
+        ("RELAY_LOG_LEVEL", "loud"),
+        ("RELAY_PORT", "70000"),
+    ],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()

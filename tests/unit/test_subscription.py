@@ -1,0 +1,147 @@
+"""The subscription's splice of stream reads and live messages, against an in-memory stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from app import protocol, streamid
+from app.broker import Page
+from app.streamid import StreamId
+from app.subscription import PAGE, Message, Subscription, text_message
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self.added = 0
+        self.watermark: StreamId | None = None
+        self.reads = 0
+        self.during_read: Callable[[], None] | None = None
+
+    def add(self, n: int) -> tuple[StreamId, Message]:
+        self.added += 1
+        entry_id = f"{self.added}-0"
+        self.entries.append((entry_id, json.dumps(n)))
+        return streamid.parse(entry_id), text_message(protocol.message_frame(entry_id, "c", json.dumps(n)))
+
+    def trim(self, keep: int) -> None:
+        removed, self.entries = self.entries[:-keep], self.entries[-keep:]
+        self.watermark = streamid.parse(removed[-1][0])
+
+    async def read(
+        self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
+    ) -> Page:
+        self.reads += 1
+        if self.during_read is not None:
+            hook, self.during_read = self.during_read, None
+            hook()
+        chosen = [
+            (i, d)
+            for i, d in self.entries
+            if after < streamid.parse(i) and (until is None or streamid.parse(i) <= until)
+        ]
+        lost = (
+            self.watermark if report_gap and self.watermark is not None and self.watermark > after else None
+        )
+        return Page(chosen[:count], lost)
+
+
+def make(
+    stream: FakeStream, last: StreamId, base: StreamId, limit: int = 10, report_gap: bool = True
+) -> Subscription:
+    return Subscription(
+        "c", last=last, base=base, report_gap=report_gap, limit=limit, reader=stream.read, wake=lambda: None
+    )
+
+
+async def drain(sub: Subscription) -> list[dict[str, object]]:
+    frames: list[dict[str, object]] = []
+    for _ in range(1000):
+        batch = await sub.take()
+        if not batch:
+            return frames
+        frames.extend(json.loads(m["text"]) for m in batch)
+    raise AssertionError("take() never ran dry")
+
+
+def data(frames: list[dict[str, object]]) -> list[object]:
+    return [f["data"] for f in frames if f["type"] == "message"]
+
+
+async def test_live_messages_pass_in_order_without_reads() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0))
+    for n in range(5):
+        sub.push(*stream.add(n))
+    assert data(await drain(sub)) == [0, 1, 2, 3, 4]
+    assert stream.reads == 0
+
+
+async def test_resume_reads_up_to_the_attach_point_then_continues_live() -> None:
+    stream = FakeStream()
+    for n in range(30):
+        stream.add(n)
+    sub = make(stream, streamid.parse("10-0"), streamid.parse("30-0"))  # resumed after entry 10
+    for n in range(30, 35):
+        sub.push(*stream.add(n))  # live while it catches up
+    assert data(await drain(sub)) == list(range(10, 35))
+
+
+async def test_overflow_falls_back_to_the_stream_and_loses_nothing() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0), limit=10)
+    for n in range(100):
+        sub.push(*stream.add(n))
+    assert sub.behind
+    assert data(await drain(sub)) == list(range(100))
+
+
+async def test_overflow_during_the_catch_up_read_moves_the_target() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0), limit=5)
+    for n in range(20):
+        sub.push(*stream.add(n))
+
+    def burst() -> None:
+        for n in range(20, 40):
+            sub.push(*stream.add(n))
+
+    stream.during_read = burst
+    assert data(await drain(sub)) == list(range(40))
+
+
+async def test_catch_up_spans_pages() -> None:
+    stream = FakeStream()
+    for n in range(PAGE * 2 + 7):
+        stream.add(n)
+    sub = make(stream, (0, 0), streamid.parse(f"{PAGE * 2 + 7}-0"))
+    assert data(await drain(sub)) == list(range(PAGE * 2 + 7))
+
+
+async def test_a_trimmed_position_gets_a_gap_frame_first() -> None:
+    stream = FakeStream()
+    for n in range(20):
+        stream.add(n)
+    stream.trim(keep=5)
+    sub = make(stream, streamid.parse("3-0"), streamid.parse("20-0"))
+    frames = await drain(sub)
+    assert frames[0] == {"type": "gap", "from": "3-0", "next": "16-0"}
+    assert data(frames) == [15, 16, 17, 18, 19]
+
+
+async def test_from_zero_reports_no_gap_but_a_later_fall_back_does() -> None:
+    stream = FakeStream()
+    for n in range(20):
+        stream.add(n)
+    stream.trim(keep=5)
+    sub = make(stream, (0, 0), streamid.parse("20-0"), report_gap=False)
+    assert [f["type"] for f in await drain(sub)] == ["message"] * 5  # what is retained, no gap
+
+    for n in range(20, 50):
+        stream.add(n)
+    stream.trim(keep=5)  # entries 21..45 are gone before this consumer got them
+    sub.fall_behind(streamid.parse("50-0"))
+    frames = await drain(sub)
+    assert frames[0] == {"type": "gap", "from": "20-0", "next": "46-0"}
+    assert data(frames) == [45, 46, 47, 48, 49]
