@@ -27,16 +27,20 @@ from app.subscription import PAGE, Subscription, text_message
 
 log = logging.getLogger("relay.hub")
 
-_PENDING_LIMIT: Final = 10_000  # held announcements per topic while it reads; beyond, re-read
+_HELD_ENTRIES: Final = 10_000  # announced entries held per topic while it reads; beyond, re-read
+_HELD_BYTES: Final = 8 * 1024 * 1024
 
 
 class Topic:
     __slots__ = (
         "_busy",
         "_fill",
+        "_held",
+        "_held_bytes",
+        "_held_entries",
         "_hub",
-        "_pending",
         "_resync",
+        "_seq",
         "channel",
         "last",
         "ready",
@@ -51,7 +55,10 @@ class Topic:
         self.waiters = 0
         self.last: StreamId | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending: deque[tuple[StreamId, list[Entry]]] = deque()
+        self._held: deque[tuple[int, StreamId, list[Entry]]] = deque()  # (seq, prev, entries)
+        self._held_entries = 0
+        self._held_bytes = 0
+        self._seq = 0
         self._busy = True  # until the first position is known
         self._resync = False
         self._fill: asyncio.Task[None] | None = None
@@ -71,9 +78,7 @@ class Topic:
             self._deliver(entries)
 
     def resync(self) -> None:
-        """Announcements may have been lost: read the stream after ``last``."""
-        if self.last is None:
-            return
+        """Announcements may have been lost: read the stream after ``last`` (once it is known)."""
         self._resync = True
         if not self._busy:
             self._start_fill()
@@ -83,10 +88,15 @@ class Topic:
             self._fill.cancel()
 
     def _hold(self, prev: StreamId, entries: list[Entry]) -> None:
-        if len(self._pending) >= _PENDING_LIMIT:
-            self._pending.clear()  # the stream has them all; read again instead
+        self._held_entries += len(entries)
+        self._held_bytes += sum(len(data) for _, data in entries)
+        if self._held_entries > _HELD_ENTRIES or self._held_bytes > _HELD_BYTES:
+            self._held.clear()  # the stream has them all: read it again instead of holding more
+            self._held_entries = self._held_bytes = 0
             self._resync = True
-        self._pending.append((prev, entries))
+            return
+        self._seq += 1
+        self._held.append((self._seq, prev, entries))
 
     def _deliver(self, entries: list[Entry]) -> None:
         last = self.last
@@ -115,27 +125,45 @@ class Topic:
             try:
                 if await self._fill_once():
                     return
-                failures = 0
-            except BrokerError as exc:
+            except Exception as exc:  # Redis away, or an entry we cannot parse: never stop following
                 failures += 1
                 metrics.REDIS_ERRORS.labels("read").inc()
                 log.warning("reading channel %r failed (%s); retrying", self.channel, exc)
                 await asyncio.sleep(backoff.compute(failures))
 
     async def _fill_once(self) -> bool:
-        """Read until the held announcements continue the stream; True when no longer busy."""
-        if self._resync or (self._pending and self._pending[0][0] > self._position()):
+        """Read the stream when something was missed, then release what is held; True when idle."""
+        forced_below = 0
+        if self._resync or (self._held and self._held[0][1] > self._position()):
+            forced_below = self._seq + 1  # held before this read: their entries were stored before it
             self._resync = False
-            await self._read_to_end()
-        while self._pending:
-            prev, entries = self._pending[0]
-            if prev > self._position():
-                return False  # another hole: read again
-            self._pending.popleft()
-            self._deliver(entries)
-        if self._resync:
+            try:
+                await self._read_to_end()
+            except BaseException:
+                self._resync = True  # the read did not happen: do it again
+                raise
+        if not self._release(forced_below) or self._resync:
             return False
         self._busy = False
+        return True
+
+    def _release(self, forced_below: int) -> bool:
+        """Deliver held announcements that continue from ``last``; False at a hole still to read.
+
+        An announcement held before a read that reached the end of the stream, and still beyond
+        ``last``, names entries the stream no longer has (deleted, or lost in a failover): it is
+        delivered as it is rather than waited on forever.
+        """
+        while self._held:
+            seq, prev, entries = self._held[0]
+            if prev > self._position():
+                if seq >= forced_below:
+                    return False
+                log.warning("channel %r: the stream no longer holds entry %s", self.channel, prev)
+            self._held.popleft()
+            self._held_entries -= len(entries)
+            self._held_bytes -= sum(len(data) for _, data in entries)
+            self._deliver(entries)
         return True
 
     def _position(self) -> StreamId:
@@ -236,11 +264,10 @@ class Hub:
     async def _start(self, topic: Topic) -> None:
         try:
             last = await self.broker.follow(topic.channel)
-        except BrokerError as exc:
-            if self._topics.get(topic.channel) is topic:
-                self._drop(topic)
-            if not topic.ready.done():
-                topic.ready.set_exception(exc)
+        except Exception as exc:  # BrokerError, or anything else: the waiting consumers must hear
+            if not isinstance(exc, BrokerError):
+                log.exception("following channel %r failed", topic.channel)
+            self._fail(topic, exc if isinstance(exc, BrokerError) else BrokerError(f"cannot follow: {exc}"))
             return
         if not topic.ready.done():
             topic.started(last)
@@ -249,11 +276,17 @@ class Hub:
         if not topic.subs and topic.waiters == 0 and self._topics.get(topic.channel) is topic:
             self._drop(topic)
 
+    def _fail(self, topic: Topic, error: BrokerError) -> None:
+        if not topic.ready.done():
+            topic.ready.set_exception(error)
+            topic.ready.exception()  # marked as retrieved: there may be no waiter left
+        if self._topics.get(topic.channel) is topic:
+            self._drop(topic)
+
     def _drop(self, topic: Topic) -> None:
         del self._topics[topic.channel]
         metrics.TOPICS.set(len(self._topics))
         topic.close()
         if not topic.ready.done():
-            topic.ready.set_exception(BrokerError(f"channel {topic.channel!r} is no longer followed"))
-            topic.ready.exception()  # retrieved: nobody else may be waiting
+            self._fail(topic, BrokerError(f"channel {topic.channel!r} is no longer followed"))
         self.broker.unfollow(topic.channel)
