@@ -95,7 +95,9 @@ class RedisBroker:
             clients = _embedded_clients() if settings.embedded else _real_clients(settings)
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
-        self._pub = clients("pub", 1, 1, True)
+        # no retry for writes: after a dropped connection the script may have run, and running
+        # it again would store the messages twice
+        self._pub = clients("pub", 1, 0, True)
         self._read = clients("read", _READ_CONNECTIONS, 1, True)
         # bytes: redis-py misparses PONG on a Pub/Sub connection that decodes responses
         self._sub = clients("sub", 1, 0, False)
@@ -123,7 +125,7 @@ class RedisBroker:
     async def ping(self) -> None:
         if not self._pubsub.connected:
             raise BrokerUnavailable("the Pub/Sub connection to Redis is down")
-        await _unavailable_on_error(self._read.ping())
+        await _checked(self._read.ping())
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -168,22 +170,17 @@ class RedisBroker:
         pipe.get(self._keys.trimmed(channel))
         pipe.xrange(self._keys.stream(channel), f"({streamid.format_id(after)}", end, count=count)
         pipe.exists(self._keys.stream(channel))
-        try:
-            watermark, raw, exists = await pipe.execute()
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"Redis did not answer a read: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            raise StorageError(f"Redis refused to read channel {channel!r}: {exc}") from exc
+        watermark, raw, exists = await _checked(pipe.execute())
         lost_until = None
         if report_gap and watermark is not None:
-            trimmed = streamid.parse(str(watermark))
-            if trimmed > after:
+            trimmed = streamid.validate(str(watermark))  # None if someone else wrote the key
+            if trimmed is not None and trimmed > after:
                 lost_until = trimmed
         entries: list[Entry] = [(entry_id, fields.get("data", "null")) for entry_id, fields in raw]
         return Page(entries, lost_until, bool(exists))
 
     async def last_id(self, channel: str) -> StreamId:
-        raw = await _unavailable_on_error(self._read.xrevrange(self._keys.stream(channel), count=1))
+        raw = await _checked(self._read.xrevrange(self._keys.stream(channel), count=1))
         return streamid.parse(str(raw[0][0])) if raw else streamid.ZERO
 
     async def channels(self, limit: int) -> list[ChannelInfo]:
@@ -200,7 +197,7 @@ class RedisBroker:
         pipe = self._read.pipeline(transaction=False)
         for key in names:
             pipe.xinfo_stream(key)
-        infos = await _unavailable_on_error(pipe.execute(raise_on_error=False))
+        infos = await _checked(pipe.execute(raise_on_error=False))
         return [
             _channel_info(self._keys.channel_of_stream(key), info)
             for key, info in zip(names, infos, strict=True)
@@ -238,6 +235,7 @@ class _PubSubSupervisor:
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
         self._pings = 0
+        self._heard = 0.0
         self.connected = False
 
     def start(self, listener: BrokerListener) -> None:
@@ -257,6 +255,7 @@ class _PubSubSupervisor:
         name = self._keys.live(channel)
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(name, []).append(waiter)
+        self._unconfirmed[name] += 1  # counted now: an earlier SUBSCRIBE's reply must not resolve this one
         self._ops.append((True, channel))
         self._ops_ready.set()
         try:
@@ -266,9 +265,10 @@ class _PubSubSupervisor:
 
     def unfollow(self, channel: str) -> None:
         self._followed.discard(channel)
-        if self.connected:
-            self._ops.append((False, channel))
-            self._ops_ready.set()
+        # queued even while (re)connecting: a session that subscribed it before it was let go
+        # unsubscribes it once connected (an UNSUBSCRIBE of a channel not subscribed is harmless)
+        self._ops.append((False, channel))
+        self._ops_ready.set()
 
     async def _supervise(self) -> None:
         backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
@@ -292,10 +292,9 @@ class _PubSubSupervisor:
             await pubsub.subscribe(self._control)
             tasks.append(asyncio.create_task(self._reader(pubsub), name="relay-pubsub-reader"))
             names = [self._keys.live(channel) for channel in sorted(self._followed)]
-            self._ops.clear()
             for start in range(0, len(names), _SUBSCRIBE_CHUNK):
-                await self._subscribe(pubsub, names[start : start + _SUBSCRIBE_CHUNK])
-            await self._ping(pubsub)  # its PONG comes after every confirmation
+                await self._subscribe(pubsub, names[start : start + _SUBSCRIBE_CHUNK], count=True)
+            await self._barrier(pubsub)
             self.connected = True
             log.info("Pub/Sub connected; following %d channel(s)", len(names))
             assert self._listener is not None
@@ -326,16 +325,20 @@ class _PubSubSupervisor:
             pong.cancel()
         self._pongs.clear()
 
-    async def _subscribe(self, pubsub: PubSub, names: list[str]) -> None:
-        for name in names:
-            self._unconfirmed[name] += 1
+    async def _subscribe(self, pubsub: PubSub, names: list[str], *, count: bool) -> None:
+        if count:
+            for name in names:
+                self._unconfirmed[name] += 1
         await pubsub.subscribe(*names)
 
     async def _reader(self, pubsub: PubSub) -> None:
         listener = self._listener
         assert listener is not None
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
         while True:
             message = await pubsub.get_message(timeout=None)
+            self._heard = loop.time()
             if message is None:
                 continue
             kind = message["type"]
@@ -379,18 +382,23 @@ class _PubSubSupervisor:
                 while self._ops and self._ops[0][0] == subscribe:
                     names.append(self._keys.live(self._ops.popleft()[1]))
                 if subscribe:
-                    await self._subscribe(pubsub, names)
+                    await self._subscribe(pubsub, names, count=False)  # counted by follow()
                 else:
                     await pubsub.unsubscribe(*names)
 
     async def _pinger(self, pubsub: PubSub) -> None:
+        """A quiet connection and a dead one look alike: PING regularly, and give up on the
+        connection when nothing at all (PONG or message) has come for too long."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_PING_INTERVAL)
-            await self._ping(pubsub)
+            silent = loop.time() - self._heard
+            if silent > _PING_INTERVAL + self._timeout:
+                raise BrokerUnavailable(f"nothing heard on the Pub/Sub connection for {silent:.1f}s")
+            await pubsub.ping(b"relay-keepalive")
 
-    async def _ping(self, pubsub: PubSub) -> None:
-        """PING on the Pub/Sub connection and wait for its PONG: the connection is alive and every
-        command sent before it has been processed."""
+    async def _barrier(self, pubsub: PubSub) -> None:
+        """PING and wait for its PONG: Redis has processed every command sent before it."""
         self._pings += 1
         token = b"relay-ping-%d" % self._pings
         pong = asyncio.get_running_loop().create_future()
@@ -402,11 +410,14 @@ class _PubSubSupervisor:
             raise BrokerUnavailable("Redis did not answer PING on the Pub/Sub connection") from exc
 
 
-async def _unavailable_on_error(awaitable: Awaitable[T]) -> T:
+async def _checked(awaitable: Awaitable[T]) -> T:
+    """Await a Redis call, turning its failures into the broker's errors."""
     try:
         return await awaitable
     except _UNAVAILABLE as exc:
         raise BrokerUnavailable(f"Redis did not answer: {_describe(exc)}") from exc
+    except redis_errors.RedisError as exc:
+        raise StorageError(f"Redis refused: {_describe(exc)}") from exc
 
 
 def _published(reply: Any) -> Published | Exception:

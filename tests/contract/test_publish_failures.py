@@ -1,0 +1,95 @@
+"""A publish whose reply is lost: reported as not stored, and never stored twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from app.broker import PublishRequest
+from app.broker_redis import RedisBroker
+from app.errors import BrokerUnavailable
+from app.settings import Settings
+from tests.contract.conftest import Recorder
+from tests.support import timeout
+
+pytestmark = [pytest.mark.redis]
+
+
+class ReplyCutter:
+    """A TCP proxy in front of Redis that, once armed, drops the connection that sends the next
+    EVALSHA just before Redis's reply reaches the client: the script ran, the client cannot know."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.armed = False
+        self.cut = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self.upstream)
+        victim = False
+
+        async def up() -> None:
+            nonlocal victim
+            while data := await client_r.read(65536):
+                if self.armed and b"EVALSHA" in data:
+                    self.armed, victim = False, True
+                server_w.write(data)
+                await server_w.drain()
+
+        async def down() -> None:
+            while data := await server_r.read(65536):
+                if victim:
+                    client_w.transport.abort()
+                    server_w.close()
+                    self.cut.set()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        client_w.close()
+        server_w.close()
+
+
+@pytest.fixture
+async def cutter(redis_url: str) -> AsyncIterator[ReplyCutter]:
+    parts = urlsplit(redis_url)
+    proxy = ReplyCutter(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+async def test_a_lost_reply_is_unavailable_and_the_message_is_stored_once(
+    cutter: ReplyCutter, prefix: str, redis_client: redis.Redis
+) -> None:
+    settings = Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{cutter.port}/0", key_prefix=prefix)  # type: ignore[call-arg]
+    broker = RedisBroker(settings)
+    await broker.start(Recorder())
+    try:
+        await broker.publish([PublishRequest("c", ['"first"'])])  # connection up, script loaded
+        cutter.armed = True
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(broker.publish([PublishRequest("c", ['"second"'])]), timeout(10))
+        assert cutter.cut.is_set()
+    finally:
+        await broker.close()
+    stored = [fields["data"] for _, fields in redis_client.xrange(f"{prefix}:{{c}}")]
+    assert stored == ['"first"', '"second"']  # the script ran once: not retried behind our back
