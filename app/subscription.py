@@ -41,7 +41,18 @@ def text_message(frame: str) -> Message:
 
 
 class Subscription:
-    __slots__ = ("_base", "_behind", "_limit", "_live", "_reader", "_report_gap", "_wake", "channel", "last")
+    __slots__ = (
+        "_base",
+        "_behind",
+        "_gap_from",
+        "_limit",
+        "_live",
+        "_reader",
+        "_report_gap",
+        "_wake",
+        "channel",
+        "last",
+    )
 
     def __init__(
         self,
@@ -59,6 +70,7 @@ class Subscription:
         self._base = base
         self._behind = last < base
         self._report_gap = report_gap or not self._behind  # only the first read may skip it
+        self._gap_from: StreamId | None = None  # a loss to report before the next message
         self._live: deque[tuple[StreamId, Message]] = deque()
         self._limit = limit
         self._reader = reader
@@ -95,12 +107,16 @@ class Subscription:
         live = self._live
         out: list[Message] = []
         last = self.last
+        first: StreamId | None = None
         while live and len(out) < _LIVE_BATCH:
             sid, message = live.popleft()
             if sid > last:
                 last = sid
+                first = first or sid
                 out.append(message)
         self.last = last
+        if first is not None and self._gap_from is not None:
+            out.insert(0, self._gap_message(streamid.format_id(first)))
         return out
 
     async def _catch_up(self) -> list[Message]:
@@ -108,12 +124,12 @@ class Subscription:
         after = self.last
         page = await self._reader(self.channel, after, until=target, count=PAGE, report_gap=self._report_gap)
         self._report_gap = True
-        out: list[Message] = []
         entries = page.entries
-        if page.lost_until is not None:
-            next_id = entries[0][0] if entries else streamid.format_id(target)
-            out.append(text_message(protocol.gap_frame(streamid.format_id(after), next_id)))
-            metrics.GAPS.inc()
+        if page.lost_until is not None and self._gap_from is None:
+            self._gap_from = after
+        out: list[Message] = []
+        if entries and self._gap_from is not None:
+            out.append(self._gap_message(entries[0][0]))
         channel = self.channel
         for entry_id, data in entries:
             out.append(text_message(protocol.message_frame(entry_id, channel, data)))
@@ -123,3 +139,11 @@ class Subscription:
             self.last = max(self.last, target)
             self._behind = self._base != target  # it overflowed again while we read
         return out
+
+    def _gap_message(self, next_id: str) -> Message:
+        """Retention removed messages after ``_gap_from``: say so, naming the next one delivered."""
+        assert self._gap_from is not None
+        frame = protocol.gap_frame(streamid.format_id(self._gap_from), next_id)
+        self._gap_from = None
+        metrics.GAPS.inc()
+        return text_message(frame)

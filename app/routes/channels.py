@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from app import protocol, streamid
+from app import protocol
 from app.errors import BrokerError, BrokerUnavailable, ProtocolError
 from app.protocol import ErrorCode
 from app.routes.common import DRAINING_DETAIL, error_response, relay_of
@@ -99,8 +99,9 @@ async def history(
     next_id = page.entries[-1][0] if page.entries else position.text
     gap = ""
     if page.lost_until is not None:
-        first = page.entries[0][0] if page.entries else streamid.format_id(page.lost_until)
-        gap = f',"gap":{protocol.gap_frame(position.text, first)}'
+        # "next": the first message after the loss; null when none has been published since
+        first = f'"{page.entries[0][0]}"' if page.entries else "null"
+        gap = f',"gap":{{"type":"gap","from":"{position.text}","next":{first}}}'
     body = f'{{"channel":"{channel}","messages":[{messages}],"next":"{next_id}"{gap}}}'
     return Response(body, media_type="application/json")
 

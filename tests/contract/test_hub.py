@@ -7,9 +7,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from app import protocol
 from app.broker import PublishRequest
 from app.broker_redis import RedisBroker
+from app.errors import BrokerError
 from app.hub import Hub
 from app.subscription import Message, Subscription
 from app.wakeup import Wakeup
@@ -98,3 +101,11 @@ async def test_channels_are_followed_only_while_they_have_consumers(open_broker:
     again = await attach(hub, "c")  # following again after letting go works
     await broker.publish([PublishRequest("c", ["5"])])
     assert payloads(await again.take(1)) == [5]
+
+
+async def test_a_channel_that_cannot_be_followed_refuses_instead_of_hanging(open_broker: OpenBroker) -> None:
+    hub, broker = await open_hub(open_broker)
+    await raw(broker).set(f"{broker.keys.prefix}:{{taken}}", "a string, not a stream")
+    with pytest.raises(BrokerError):
+        await asyncio.wait_for(attach(hub, "taken"), timeout(5))
+    assert hub.topics == 0

@@ -145,3 +145,18 @@ async def test_from_zero_reports_no_gap_but_a_later_fall_back_does() -> None:
     frames = await drain(sub)
     assert frames[0] == {"type": "gap", "from": "20-0", "next": "46-0"}
     assert data(frames) == [45, 46, 47, 48, 49]
+
+
+async def test_when_everything_up_to_the_target_is_gone_the_gap_names_the_next_message() -> None:
+    stream = FakeStream()
+    for n in range(10):
+        stream.add(n)
+    stream.trim(keep=1)
+    stream.entries.clear()  # age trimming removed the last one too (watermark: 9-0)
+    stream.watermark = (10, 0)
+    sub = make(stream, streamid.parse("3-0"), streamid.parse("10-0"))
+    assert await drain(sub) == []  # nothing to say yet: the next message is unknown
+    sub.push(*stream.add("new"))
+    frames = await drain(sub)
+    assert frames[0] == {"type": "gap", "from": "3-0", "next": "11-0"}
+    assert data(frames) == ["new"]
