@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     STORAGE_ERROR = "storage_error"  # Redis refused the write (e.g. the key is not a stream)
     RATE_LIMITED = "rate_limited"
     FORBIDDEN = "forbidden"
+    NOT_IMPLEMENTED = "not_implemented"  # a part of the contract this version does not have yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ class Publisher:
         self._queue: deque[_Item] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[_Item] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="relay-publisher")
@@ -45,7 +46,7 @@ class Publisher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._fail(list(self._queue), BrokerUnavailable("the instance is stopping"))
+        self._fail(self._in_flight + list(self._queue), BrokerUnavailable("the instance is stopping"))
         self._queue.clear()
 
     def submit(self, channel: str, data: str, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
@@ -60,12 +61,15 @@ class Publisher:
             if not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
-            batch = [self._queue.popleft() for _ in range(min(_MAX_BATCH, len(self._queue)))]
+            batch = self._in_flight = [
+                self._queue.popleft() for _ in range(min(_MAX_BATCH, len(self._queue)))
+            ]
             try:
                 await self._flush(batch)
             except Exception as exc:  # keep publishing whatever one batch did
                 log.exception("publishing a batch failed")
                 self._fail(batch, BrokerUnavailable(f"publish failed: {exc}"))
+            self._in_flight = []
 
     async def _flush(self, batch: list[_Item]) -> None:
         requests, slots = _group(batch)

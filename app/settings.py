@@ -11,7 +11,7 @@ import socket
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     instance_name: str = Field(default_factory=_instance_name)
     log_level: str = "info"
     ws_per_message_deflate: bool = False
+    # tokens are in the contract but not in this version: setting one must not leave the relay open
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: SecretStr | None = None
+    jwt_public_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unimplemented_tokens(self) -> Settings:
+        if self.jwt_secret or self.jwt_public_key or self.jwt_public_key_file:
+            raise ValueError(
+                "RELAY_JWT_SECRET / RELAY_JWT_PUBLIC_KEY(_FILE) are set, but this version does not check"
+                " tokens yet; refusing to start rather than run a relay open to anyone"
+            )
+        return self
 
     @field_validator("key_prefix")
     @classmethod

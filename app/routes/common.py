@@ -8,9 +8,10 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from app import metrics
+from app import metrics, protocol
+from app.errors import ProtocolError
 from app.lifecycle import Relay
-from app.protocol import ErrorCode, error_body
+from app.protocol import ErrorCode, Position, error_body
 
 
 def relay_of(connection: HTTPConnection) -> Relay:
@@ -30,6 +31,29 @@ async def refuse(websocket: WebSocket, status: int, code: ErrorCode, detail: str
     """Answer a WebSocket handshake with an HTTP error instead of upgrading."""
     headers = {"Retry-After": "1"} if status == 503 else None
     await websocket.send_denial_response(error_response(status, code, detail, headers))
+
+
+async def admit(websocket: WebSocket, channel: str, from_: str | None = None) -> Position | None:
+    """Check a WebSocket handshake before any upgrade; refuse it and return None when it fails.
+
+    Returns the position asked for (``$`` when there is none).
+    """
+    if "group" in websocket.query_params:
+        # work queues are in the contract but not in this version: never hand out fan-out instead
+        await refuse(
+            websocket, 501, ErrorCode.NOT_IMPLEMENTED, "consumer groups (?group=) are not available yet"
+        )
+        return None
+    try:
+        protocol.check_channel(channel)
+        position = protocol.parse_position(from_)
+    except ProtocolError as exc:
+        await refuse(websocket, 400, ErrorCode(exc.code), exc.detail)
+        return None
+    if relay_of(websocket).draining:
+        await refuse(websocket, 503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
+        return None
+    return position
 
 
 DRAINING_DETAIL = "this instance is draining; connect to another one"

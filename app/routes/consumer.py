@@ -17,9 +17,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol, streamid
-from app.errors import BrokerError, ProtocolError
+from app.errors import BrokerError
 from app.protocol import Close, ErrorCode
-from app.routes.common import DRAINING_DETAIL, refuse, relay_of
+from app.routes.common import admit, refuse, relay_of
 from app.subscription import Subscription
 from app.wakeup import Wakeup
 
@@ -40,16 +40,10 @@ async def default_consumer(websocket: WebSocket, from_: str | None = Query(None,
 
 
 async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
+    position = await admit(websocket, channel, from_)
+    if position is None:
+        return
     relay = relay_of(websocket)
-    try:
-        protocol.check_channel(channel)
-        position = protocol.parse_position(from_)
-    except ProtocolError as exc:
-        await refuse(websocket, 400, ErrorCode(exc.code), exc.detail)
-        return
-    if relay.draining:
-        await refuse(websocket, 503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
-        return
     connection = ConsumerConnection(websocket)
     try:
         sub = await relay.hub.subscribe(channel, position, connection.wake.set)

@@ -19,10 +19,10 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol
-from app.errors import BrokerUnavailable, ProtocolError, StorageError
+from app.errors import BrokerUnavailable, StorageError
 from app.protocol import Close, ErrorCode
 from app.publisher import Receipt
-from app.routes.common import DRAINING_DETAIL, refuse, relay_of
+from app.routes.common import DRAINING_DETAIL, admit, relay_of
 from app.wakeup import Wakeup
 
 router = APIRouter()
@@ -43,15 +43,9 @@ async def default_producer(websocket: WebSocket) -> None:
 
 
 async def _serve(websocket: WebSocket, channel: str) -> None:
+    if await admit(websocket, channel) is None:
+        return
     relay = relay_of(websocket)
-    try:
-        protocol.check_channel(channel)
-    except ProtocolError as exc:
-        await refuse(websocket, 400, ErrorCode(exc.code), exc.detail)
-        return
-    if relay.draining:
-        await refuse(websocket, 503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
-        return
     connection = ProducerConnection(websocket, channel, relay.settings.max_message_bytes)
     with relay.connection(connection):
         await connection.run(relay.publisher.submit, relay.settings.producer_window)

@@ -106,6 +106,7 @@ def test_producer_and_consumer_over_websockets(client: TestClient) -> None:
         ("/ws/consumer/bad!name", 400, "invalid_channel"),
         ("/ws/producer/-x", 400, "invalid_channel"),
         ("/ws/consumer/ok?from=yesterday", 400, "invalid_id"),
+        ("/ws/consumer/jobs?group=workers", 501, "not_implemented"),  # never fan-out in its place
     ],
 )
 def test_refused_handshakes_answer_with_json(client: TestClient, path: str, status: int, code: str) -> None:

@@ -74,3 +74,12 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize("name", ["RELAY_JWT_SECRET", "RELAY_JWT_PUBLIC_KEY", "RELAY_JWT_PUBLIC_KEY_FILE"])
+def test_token_settings_refuse_to_start_until_tokens_are_checked(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "something")
+    with pytest.raises(ValidationError, match="does not check tokens yet"):
+        Settings()
