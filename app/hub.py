@@ -200,6 +200,10 @@ class Hub:
     def topics(self) -> int:
         return len(self._topics)
 
+    def buffered(self) -> int:
+        """Live messages held for local consumers right now (for metrics: walks every subscription)."""
+        return sum(sub.buffered for topic in self._topics.values() for sub in topic.subs)
+
     async def subscribe(self, channel: str, position: Position, wake: Callable[[], None]) -> Subscription:
         """Attach a consumer; raises BrokerError when the channel cannot be followed now."""
         topic = self._topics.get(channel)

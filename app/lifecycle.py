@@ -57,6 +57,7 @@ class Relay:
             )
         await self.broker.start(self.hub)
         self.publisher.start()
+        metrics.BUFFERED.set_function(self.hub.buffered)
 
     async def stop(self) -> None:
         self.begin_drain()

@@ -18,4 +18,8 @@ SLOW_CONSUMER_EVENTS = Counter(
 GAPS = Counter("relay_gaps_total", "Gap frames sent: messages retention removed before a consumer got them.")
 REDIS_ERRORS = Counter("relay_redis_errors_total", "Redis operations that failed.", ["operation"])
 TOPICS = Gauge("relay_channels_followed", "Channels this instance follows for its local consumers.")
+BUFFERED = Gauge(
+    "relay_consumer_buffered_messages",
+    "Live messages held for consumers, summed over connections (read at scrape).",
+)
 DRAINING = Gauge("relay_draining", "1 while the instance drains before stopping.")

@@ -80,6 +80,10 @@ class Subscription:
     def behind(self) -> bool:
         return self._behind
 
+    @property
+    def buffered(self) -> int:
+        return len(self._live)
+
     def push(self, sid: StreamId, message: Message) -> None:
         """A live message from the topic. Never blocks; on overflow, fall behind instead."""
         live = self._live

@@ -162,7 +162,7 @@ async def test_stream_max_age_removes_old_entries_and_resume_reports_it(
 
 async def test_slow_consumer_falls_back_to_redis_without_loss_or_delaying_others(relay: RelayFactory) -> None:
     a = relay(consumer_buffer="20").start()
-    total, pad = 1500, "p" * 4000  # ~6 MB: more than the socket buffers between a stalled reader and us
+    total, pad = 3000, "p" * 4000  # 12 MB: far more than the socket buffers of a stalled reader
     async with (
         consumer(f"{a.ws}/ws/consumer/slow", max_queue=4) as stalled,
         consumer(f"{a.ws}/ws/consumer/slow") as fast,
@@ -170,6 +170,8 @@ async def test_slow_consumer_falls_back_to_redis_without_loss_or_delaying_others
         ids = await publish_all(f"{a.ws}/ws/producer/slow", [{"n": n, "pad": pad} for n in range(total)], 60)
         # the fast consumer is not held back by the stalled one
         assert [m["id"] for m in await recv_messages(fast, total, within=30)] == ids
+        # the instance holds at most the stalled consumer's buffer, not its 12 MB backlog
+        assert a.metric("relay_consumer_buffered_messages") <= 20
         assert a.metric("relay_slow_consumer_events_total") >= 1
         # the stalled consumer, reading at last, gets everything in order
         assert [m["id"] for m in await recv_messages(stalled, total, within=60)] == ids
