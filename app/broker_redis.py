@@ -306,6 +306,7 @@ class _PubSubSupervisor:
                 task.result()
             raise BrokerUnavailable("Pub/Sub task ended")
         finally:
+            self.connected = False  # at once: cleaning up below takes a moment
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

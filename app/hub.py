@@ -107,11 +107,10 @@ class Topic:
             sid = streamid.parse(entry_id)
             if sid <= last:
                 continue
-            last = sid
+            self.last = last = sid  # kept current: a malformed id later in the batch stops here
             message = text_message(protocol.message_frame(entry_id, channel, data))
             for sub in subs:
                 sub.push(sid, message)
-        self.last = last
 
     def _start_fill(self) -> None:
         self._busy = True
@@ -125,6 +124,7 @@ class Topic:
             try:
                 if await self._fill_once():
                     return
+                failures = 0
             except Exception as exc:  # Redis away, or an entry we cannot parse: never stop following
                 failures += 1
                 metrics.REDIS_ERRORS.labels("read").inc()
@@ -159,7 +159,9 @@ class Topic:
             if prev > self._position():
                 if seq >= forced_below:
                     return False
-                log.warning("channel %r: the stream no longer holds entry %s", self.channel, prev)
+                log.warning("channel %r: entries up to %s vanished from the stream", self.channel, prev)
+                for sub in self.subs:
+                    sub.push_loss()  # each consumer gets a gap frame before what follows
             self._held.popleft()
             self._held_entries -= len(entries)
             self._held_bytes -= sum(len(data) for _, data in entries)
@@ -266,6 +268,8 @@ class Hub:
         return topic
 
     async def _start(self, topic: Topic) -> None:
+        if self._topics.get(topic.channel) is not topic:
+            return  # dropped before it began: following now would leave it subscribed for nobody
         try:
             last = await self.broker.follow(topic.channel)
         except Exception as exc:  # BrokerError, or anything else: the waiting consumers must hear

@@ -47,6 +47,7 @@ class Subscription:
         "_gap_from",
         "_limit",
         "_live",
+        "_losses",
         "_reader",
         "_report_gap",
         "_wake",
@@ -71,7 +72,8 @@ class Subscription:
         self._behind = last < base
         self._report_gap = report_gap or not self._behind  # only the first read may skip it
         self._gap_from: StreamId | None = None  # a loss to report before the next message
-        self._live: deque[tuple[StreamId, Message]] = deque()
+        self._live: deque[tuple[StreamId, Message | None]] = deque()  # None: a loss marker
+        self._losses = 0  # loss markers in _live
         self._limit = limit
         self._reader = reader
         self._wake = wake
@@ -88,7 +90,7 @@ class Subscription:
         """A live message from the topic. Never blocks; on overflow, fall behind instead."""
         live = self._live
         if len(live) >= self._limit:
-            live.clear()
+            self._clear()
             self._base = sid
             if not self._behind:
                 self._behind = True
@@ -97,9 +99,15 @@ class Subscription:
             live.append((sid, message))
         self._wake()
 
+    def push_loss(self) -> None:
+        """Entries before the next live message vanished from the stream (not by retention, so
+        no read would tell): report a gap right before that message."""
+        self._live.append((self.last, None))
+        self._losses += 1
+
     def fall_behind(self, base: StreamId) -> None:
         """The topic could not pass on what precedes ``base``: read it from the stream."""
-        self._live.clear()
+        self._clear()
         self._base = base
         self._behind = True
         self._wake()
@@ -114,7 +122,14 @@ class Subscription:
         first: StreamId | None = None
         while live and len(out) < _LIVE_BATCH:
             sid, message = live.popleft()
-            if sid > last:
+            if message is None:
+                self._losses -= 1
+                if out:  # the gap frame goes right before the next message: in the next batch
+                    live.appendleft((sid, message))
+                    self._losses += 1
+                    break
+                self._gap_from = self._gap_from or last
+            elif sid > last:
                 last = sid
                 first = first or sid
                 out.append(message)
@@ -143,6 +158,12 @@ class Subscription:
             self.last = max(self.last, target)
             self._behind = self._base != target  # it overflowed again while we read
         return out
+
+    def _clear(self) -> None:
+        if self._losses:  # a loss marker is about to go: keep what it had to say
+            self._gap_from = self._gap_from or self.last
+            self._losses = 0
+        self._live.clear()
 
     def _gap_message(self, next_id: str) -> Message:
         """Retention removed messages after ``_gap_from``: say so, naming the next one delivered."""

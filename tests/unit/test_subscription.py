@@ -160,3 +160,21 @@ async def test_when_everything_up_to_the_target_is_gone_the_gap_names_the_next_m
     frames = await drain(sub)
     assert frames[0] == {"type": "gap", "from": "3-0", "next": "11-0"}
     assert data(frames) == ["new"]
+
+
+async def test_a_loss_marker_becomes_a_gap_frame_even_when_an_overflow_drops_it() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0), limit=3)
+    sub.push(*stream.add("before"))
+    sub.push_loss()
+    sub.push(*stream.add("after"))
+    frames = await drain(sub)
+    assert [f["type"] for f in frames] == ["message", "gap", "message"]
+    assert frames[1] == {"type": "gap", "from": "1-0", "next": "2-0"}
+
+    sub.push_loss()
+    for n in range(5):  # overflows: the marker goes with the buffer, its news does not
+        sub.push(*stream.add(n))
+    frames = await drain(sub)
+    assert frames[0]["type"] == "gap"
+    assert data(frames) == [0, 1, 2, 3, 4]
