@@ -11,8 +11,13 @@ as_root() {
 apt_install() {
   echo "relay: installing $* (Debian packages)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get install -y -qq "$@" >/dev/null 2>&1 || {
-    as_root apt-get update -qq && as_root apt-get install -y -qq "$@" >/dev/null
+  local log=/tmp/relay-apt.log
+  as_root apt-get install -y -qq "$@" >"$log" 2>&1 || {
+    as_root apt-get update -qq >>"$log" 2>&1 && as_root apt-get install -y -qq "$@" >>"$log" 2>&1
+  } || {
+    tail -20 "$log" >&2
+    echo "relay: could not install $*" >&2
+    return 1
   }
 }
 
