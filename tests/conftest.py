@@ -23,9 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
     try:
-        client.ping()
+        with redis.Redis.from_url(REDIS_URL, socket_timeout=2) as client:
+            client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"these tests need a Redis at {REDIS_URL} (scripts/test starts one): {exc}")
     return REDIS_URL
@@ -36,15 +36,16 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of the test's own; its keys are deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5) as client:
+        yield client
 
 
 def base_env(**settings: str) -> dict[str, str]:
@@ -84,7 +85,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     workdir.mkdir()
     server = RedisServer(workdir)
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.hookimpl(wrapper=True)

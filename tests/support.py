@@ -152,13 +152,17 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
+        self._clients: list[redis.Redis] = []
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        """A client for the test; closed when the server's fixture ends."""
+        client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        self._clients.append(client)
+        return client
 
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
@@ -171,9 +175,15 @@ class RedisServer:
 
     def _answers(self) -> bool:
         try:
-            return bool(self.client().ping())
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.stop()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
