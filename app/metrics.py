@@ -10,7 +10,9 @@ from prometheus_client import Counter, Gauge
 
 CONNECTIONS = Gauge("relay_connections", "Open WebSocket connections.", ["role"])
 PUBLISHED = Counter("relay_messages_published_total", "Messages stored in Redis and acknowledged.")
-DELIVERED = Counter("relay_messages_delivered_total", "Message frames written to consumer connections.")
+DELIVERED = Counter(
+    "relay_messages_delivered_total", "Frames written to consumer connections (messages, and gaps)."
+)
 ERRORS = Counter("relay_errors_total", "Error replies and refusals sent to clients.", ["code"])
 SLOW_CONSUMER_EVENTS = Counter(
     "relay_slow_consumer_events_total", "Times a consumer's buffer overflowed and it fell back to Redis."

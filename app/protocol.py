@@ -10,7 +10,7 @@ Frames the relay sends are JSON objects with a ``type``:
 ``error``       ``code``, ``detail``: the frame it answers was not stored / not accepted
 ==============  =========================================================================
 
-Close codes follow RFC 6455 (1000-2999) and the IANA registry (1012, 1013); 4000-4999 are
+Close codes follow RFC 6455 (1000-2999) and the IANA registry (1012); 4000-4999 are
 reserved for relay-specific codes (none yet).
 """
 
@@ -41,7 +41,6 @@ class Close(IntEnum):
     TOO_BIG = 1009  # a frame larger than RELAY_MAX_MESSAGE_BYTES
     INTERNAL = 1011
     RESTART = 1012  # the instance is draining: reconnect (elsewhere) and resume with ``from``
-    TRY_AGAIN = 1013  # Redis is unavailable right now
 
 
 class ErrorCode(StrEnum):

@@ -62,14 +62,17 @@ class ConsumerConnection:
         self.websocket = websocket
         self.wake = Wakeup()
         self._control: deque[str] = deque()
-        self._closing = False
+        self._closing = asyncio.Event()
         self._close: tuple[int, str] | None = None
 
     def request_close(self, code: int, reason: str) -> None:
-        if not self._closing:
-            self._closing = True
+        if not self._closing.is_set():
             self._close = (code, reason)
-            self.wake.set()
+            self._stop()
+
+    def _stop(self) -> None:
+        self._closing.set()
+        self.wake.set()
 
     async def run(self, sub: Subscription, position: protocol.Position) -> None:
         websocket = self.websocket
@@ -92,7 +95,7 @@ class ConsumerConnection:
         websocket = self.websocket
         backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
         failures = 0
-        while not self._closing:
+        while not self._closing.is_set():
             while self._control:
                 await websocket.send_text(self._control.popleft())
             try:
@@ -102,7 +105,7 @@ class ConsumerConnection:
                 log.warning("catch-up read on %r failed (%s); retrying", sub.channel, exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(backoff.compute(failures)):
-                        await self.wake.wait()  # a close request cuts the pause short
+                        await self._closing.wait()  # a close request cuts the pause short
                 continue
             failures = 0
             if not batch:
@@ -117,7 +120,7 @@ class ConsumerConnection:
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
-                self.request_close_silently()
+                self._stop()  # the client is gone: stop writing, send no close frame
                 return
             if len(self._control) >= _UNEXPECTED_LIMIT:  # faster than the answers can go out
                 self.request_close(Close.POLICY, "consumers send no frames in fan-out mode")
@@ -127,8 +130,3 @@ class ConsumerConnection:
                 protocol.error_frame(ErrorCode.UNEXPECTED_FRAME, "consumers send no frames in fan-out mode")
             )
             self.wake.set()
-
-    def request_close_silently(self) -> None:
-        """The client is gone: stop writing, send no close frame."""
-        self._closing = True
-        self.wake.set()
