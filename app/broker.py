@@ -33,8 +33,18 @@ Reading (:meth:`Broker.read`)
     Returns entries after an id, in order, and says whether retention removed entries after that
     id (a gap), atomically with the read.
 
-The broker holds a constant number of Redis connections, whatever the number of channels and
-consumers: one for Pub/Sub, one for publishing, a few for reads.
+Consumer groups (:meth:`Broker.group_read` and the rest)
+    A group is a Redis consumer group on the channel's stream; each process is one consumer in it
+    (``RELAY_INSTANCE_NAME``) and shares what it reads among its local members. An entry read by
+    a consumer is pending until acknowledged. A consumer keeps its pending entries by touching them
+    (:meth:`Broker.group_touch`); entries nobody touched for ``min_idle_ms`` were held by someone who
+    went away, and :meth:`Broker.group_claim` hands them to another consumer (counting a delivery)
+    or, once delivered ``max_deliveries`` times, moves them to the dead-letter stream and
+    acknowledges them. Claims are atomic: an entry is never claimed or buried twice.
+
+The broker holds a constant number of Redis connections, whatever the number of channels,
+consumers and groups: one for Pub/Sub, one for publishing, a few for everything else. No call
+blocks waiting for new entries; the announcements say when to read.
 """
 
 from __future__ import annotations
@@ -76,6 +86,29 @@ class Page:
     lost_until: StreamId | None = None
     """Set when retention removed entries after ``after``: the id of the newest one removed."""
     exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An entry handed to a group member; ``count`` is 1 for a first delivery."""
+
+    entry_id: str
+    data: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    deliveries: list[Delivery]
+    dead: list[str]  # ids moved to the dead-letter stream
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    group: str
+    name: str
+    pending: int
+    idle_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +158,23 @@ class Broker(Protocol):
 
     async def channels(self, limit: int) -> list[ChannelInfo]:
         """Up to ``limit`` channels that have a stream, by name."""
+
+    async def group_create(self, channel: str, group: str, start: StreamId | None) -> None:
+        """Create the group at ``start`` (None: after the last entry) unless it exists."""
+
+    async def group_read(self, channel: str, group: str, consumer: str, count: int) -> list[Delivery]:
+        """Up to ``count`` entries no consumer of the group has had yet; never blocks."""
+
+    async def group_ack(self, channel: str, group: str, ids: Sequence[str]) -> None:
+        """The entries are done: they leave the group's pending list."""
+
+    async def group_touch(self, channel: str, group: str, consumer: str, ids: Sequence[str]) -> None:
+        """The consumer still holds these entries: reset their idle time (counts no delivery)."""
+
+    async def group_claim(
+        self, channel: str, group: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
+    ) -> Claimed:
+        """Take over up to ``count`` entries idle for ``min_idle_ms``; bury those delivered enough."""
+
+    async def heartbeat(self, name: str, ttl_ms: int) -> None:
+        """Say that the process ``name`` lives, for ``ttl_ms``."""

@@ -28,8 +28,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app import streamid
-from app.broker import BrokerListener, ChannelInfo, Entry, Page, Published, PublishRequest
-from app.errors import BrokerUnavailable, StorageError
+from app.broker import (
+    BrokerListener,
+    ChannelInfo,
+    Claimed,
+    ConsumerInfo,
+    Delivery,
+    Entry,
+    Page,
+    Published,
+    PublishRequest,
+)
+from app.errors import BrokerUnavailable, GroupMissing, StorageError
 from app.keys import Keys
 from app.settings import Settings
 from app.streamid import StreamId
@@ -47,7 +57,13 @@ _READ_CONNECTIONS: Final = 3
 _SUBSCRIBE_CHUNK: Final = 1000
 _PING_INTERVAL: Final = 5.0
 _SCAN_CAP: Final = 10_000
-_PUBLISH_SCRIPT: Final = resources.files("app").joinpath("lua/publish.lua").read_text(encoding="utf-8")
+
+
+def _lua(name: str) -> str:
+    return resources.files("app").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+_PUBLISH_SCRIPT: Final = _lua("publish")
 _PUBLISH_SHA: Final = hashlib.sha1(_PUBLISH_SCRIPT.encode()).hexdigest()
 
 ClientFactory = Callable[[str, int, int, bool], Redis]
@@ -102,6 +118,11 @@ class RedisBroker:
         # bytes: redis-py misparses PONG on a Pub/Sub connection that decodes responses
         self._sub = clients("sub", 1, 0, False)
         self._script_loaded = False
+        self._claim = self._read.register_script(_lua("claim"))
+        self._touch = self._read.register_script(_lua("touch"))
+        self._lease = self._read.register_script(_lua("lease"))
+        self._trim = self._read.register_script(_PUBLISH_SCRIPT)
+        self._dead_maxlen = str(settings.stream_maxlen)
         self._pubsub = _PubSubSupervisor(self._sub, self._keys, settings)
         self._publish_args: Final = (
             str(settings.stream_maxlen),
@@ -203,6 +224,85 @@ class RedisBroker:
             for key, info in zip(names, infos, strict=True)
             if isinstance(info, dict)
         ]
+
+    # -- consumer groups ------------------------------------------------------------------------
+
+    async def group_create(self, channel: str, group: str, start: StreamId | None) -> None:
+        at = "$" if start is None else streamid.format_id(start)
+        try:
+            await _checked(self._read.xgroup_create(self._keys.stream(channel), group, id=at, mkstream=True))
+        except StorageError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def group_read(self, channel: str, group: str, consumer: str, count: int) -> list[Delivery]:
+        key = self._keys.stream(channel)
+        try:
+            raw: Any = await _checked(self._read.xreadgroup(group, consumer, {key: ">"}, count=count))
+        except StorageError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            raise GroupMissing(f"group {group!r} of channel {channel!r} does not exist") from exc
+        if not raw:
+            return []
+        return [Delivery(entry_id, fields.get("data", "null"), 1) for entry_id, fields in raw[0][1]]
+
+    async def group_ack(self, channel: str, group: str, ids: Sequence[str]) -> None:
+        await _checked(self._read.xack(self._keys.stream(channel), group, *ids))
+
+    async def group_touch(self, channel: str, group: str, consumer: str, ids: Sequence[str]) -> None:
+        await _checked(self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]))
+
+    async def group_claim(
+        self, channel: str, group: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
+    ) -> Claimed:
+        keys = [self._keys.stream(channel), self._keys.dead(channel)]
+        args: list[str | int] = [group, consumer, min_idle_ms, max_deliveries, count, self._dead_maxlen]
+        try:
+            claimed, dead = await _checked(self._claim(keys=keys, args=args))
+        except StorageError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            raise GroupMissing(f"group {group!r} of channel {channel!r} does not exist") from exc
+        deliveries = [Delivery(str(i), str(data), int(n)) for i, data, n in claimed]
+        return Claimed(deliveries, [str(i) for i in dead])
+
+    async def heartbeat(self, name: str, ttl_ms: int) -> None:
+        await _checked(self._read.set(self._keys.alive(name), "1", px=ttl_ms))
+
+    # -- housekeeping (workers/janitor.py) -------------------------------------------------------
+
+    async def group_consumers(self, channel: str) -> list[ConsumerInfo]:
+        key = self._keys.stream(channel)
+        out: list[ConsumerInfo] = []
+        for group in await _checked(self._read.xinfo_groups(key)):
+            name = str(group["name"])
+            for consumer in await _checked(self._read.xinfo_consumers(key, name)):
+                out.append(
+                    ConsumerInfo(name, str(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]))
+                )
+        return out
+
+    async def alive(self, names: Sequence[str]) -> set[str]:
+        """Which of these processes have a heartbeat now."""
+        pipe = self._read.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self._keys.alive(name))
+        found = await _checked(pipe.execute())
+        return {name for name, exists in zip(names, found, strict=True) if exists}
+
+    async def delete_consumer(self, channel: str, group: str, consumer: str) -> None:
+        await _checked(self._read.xgroup_delconsumer(self._keys.stream(channel), group, consumer))
+
+    async def lease(self, holder: str, ttl_ms: int) -> bool:
+        """Take or keep the janitor's lease; True while ``holder`` has it."""
+        return bool(await _checked(self._lease(keys=[self._keys.janitor_lease()], args=[holder, ttl_ms])))
+
+    async def trim(self, channel: str) -> int:
+        """Apply retention to a channel that may get no new messages; how many entries went."""
+        keys = [self._keys.stream(channel), self._keys.trimmed(channel), self._keys.live(channel)]
+        reply = await _checked(self._trim(keys=keys, args=list(self._publish_args)))
+        return int(reply[1])
 
     # -- following announcements ----------------------------------------------------------------
 

@@ -35,10 +35,75 @@ def serve(host: str | None, port: int | None) -> None:
     """
     from app.server import serve as run
 
+    settings = _settings_or_exit()
+    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    run(settings.model_copy(update=overrides))
+
+
+def _settings_or_exit() -> Settings:
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
         click.echo(f"relay: invalid settings:\n{exc}", err=True)
         sys.exit(2)
-    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
-    run(settings.model_copy(update=overrides))
+
+
+@main.group()
+def worker() -> None:
+    """Processes that run beside the instances (they need RELAY_REDIS_URL)."""
+
+
+@worker.command()
+@click.option("--once", is_flag=True, help="Do one round and exit (when this janitor gets the lease).")
+def janitor(once: bool) -> None:
+    """Keep Redis tidy: apply RELAY_STREAM_MAX_AGE to quiet channels, remove consumers of dead
+    processes from consumer groups. Several may run; one works at a time (a lease in Redis)."""
+    import asyncio
+
+    from app import logs
+    from workers import janitor as module
+
+    settings = _settings_or_exit()
+    logs.configure_process(settings.log_level)
+    if settings.embedded:
+        click.echo("relay worker janitor: set RELAY_REDIS_URL (the embedded Redis is per process)", err=True)
+        sys.exit(2)
+    asyncio.run(module.run(settings, once=once))
+
+
+@worker.command()
+@click.argument("target", metavar="MODULE:FUNCTION")
+@click.option("--channel", required=True, help="Channel to consume.")
+@click.option("--group", required=True, help="Consumer group (created at new messages if missing).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Messages handled at once.",
+)
+@click.option("--from", "from_", default="$", show_default=True, help="Where a new group starts: $ or 0.")
+def run(target: str, channel: str, group: str, concurrency: int, from_: str) -> None:
+    """Call the async function MODULE:FUNCTION for each message of CHANNEL, through GROUP.
+
+    Returning acknowledges the message; raising delivers it again after RELAY_GROUP_CLAIM_IDLE_MS,
+    up to RELAY_GROUP_MAX_DELIVERIES times, then it goes to the dead letters. SIGTERM finishes what
+    is in flight and exits.
+    """
+    import asyncio
+
+    from app import logs, protocol
+    from app.errors import ConfigError, ProtocolError
+    from workers import runner
+
+    settings = _settings_or_exit()
+    logs.configure_process(settings.log_level)
+    try:
+        protocol.check_channel(channel)
+        protocol.check_group(group)
+        position = protocol.parse_position(from_)
+        handler = runner.load_handler(target)
+        asyncio.run(runner.run(settings, handler, channel, group, concurrency=concurrency, position=position))
+    except (ConfigError, ProtocolError) as exc:
+        click.echo(f"relay worker run: {exc}", err=True)
+        sys.exit(2)

@@ -7,9 +7,11 @@
      ├── BrokerError            Redis did not do what was asked
      │    ├── BrokerUnavailable  Redis unreachable, timed out, or the connection dropped
      │    └── StorageError       Redis answered with an error (a key of the wrong type, a script error)
+     │         └── GroupMissing  the consumer group is gone (deleted, or Redis lost its data)
      └── ProtocolError          a client sent something the contract refuses
           ├── InvalidChannel     a channel name outside ``^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$``
-          └── InvalidPosition    a ``from`` that is not ``$``, ``0`` or a stream entry id
+          ├── InvalidPosition    a ``from`` that is not ``$``, ``0`` or a stream entry id
+          └── InvalidRequest     any other parameter out of bounds (a group name, a prefetch)
 
 Every ``ProtocolError`` carries the error ``code`` the client sees (see ``app.protocol.ErrorCode``).
 """
@@ -37,6 +39,10 @@ class StorageError(BrokerError):
     """Redis answered with an error, e.g. the channel's key holds something other than a stream."""
 
 
+class GroupMissing(StorageError):
+    """The consumer group does not exist (any more): create it again."""
+
+
 class ProtocolError(RelayError):
     """A client sent something the contract refuses."""
 
@@ -53,3 +59,7 @@ class InvalidChannel(ProtocolError):
 
 class InvalidPosition(ProtocolError):
     code = "invalid_id"
+
+
+class InvalidRequest(ProtocolError):
+    code = "invalid_request"

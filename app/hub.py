@@ -46,12 +46,14 @@ class Topic:
         "ready",
         "subs",
         "waiters",
+        "watchers",
     )
 
     def __init__(self, hub: Hub, channel: str) -> None:
         self._hub = hub
         self.channel = channel
         self.subs: set[Subscription] = set()
+        self.watchers: set[Callable[[], None]] = set()  # told of new entries (consumer groups)
         self.waiters = 0
         self.last: StreamId | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -111,6 +113,11 @@ class Topic:
             message = text_message(protocol.message_frame(entry_id, channel, data))
             for sub in subs:
                 sub.push(sid, message)
+        self._notify()
+
+    def _notify(self) -> None:
+        for watcher in self.watchers:
+            watcher()
 
     def _start_fill(self) -> None:
         self._busy = True
@@ -183,6 +190,7 @@ class Topic:
                 for sub in self.subs:
                     sub.fall_behind(base)
                 self.last = base
+                self._notify()
             else:
                 self._deliver(entries)
             if len(entries) < PAGE:
@@ -208,18 +216,7 @@ class Hub:
 
     async def subscribe(self, channel: str, position: Position, wake: Callable[[], None]) -> Subscription:
         """Attach a consumer; raises BrokerError when the channel cannot be followed now."""
-        topic = self._topics.get(channel)
-        if topic is None:
-            topic = self._open(channel)
-        if topic.last is None:
-            topic.waiters += 1
-            try:
-                await asyncio.shield(topic.ready)
-            except BaseException:
-                topic.waiters -= 1
-                self._drop_if_unused(topic)
-                raise
-            topic.waiters -= 1
+        topic = await self._followed(channel)
         assert topic.last is not None
         tail = topic.last
         last = tail if position.latest else position.after
@@ -240,6 +237,33 @@ class Hub:
         if topic is not None:
             topic.subs.discard(sub)
             self._drop_if_unused(topic)
+
+    async def watch(self, channel: str, watcher: Callable[[], None]) -> None:
+        """Call ``watcher`` (which must not block) whenever the channel has new entries."""
+        topic = await self._followed(channel)
+        topic.watchers.add(watcher)
+
+    def unwatch(self, channel: str, watcher: Callable[[], None]) -> None:
+        topic = self._topics.get(channel)
+        if topic is not None:
+            topic.watchers.discard(watcher)
+            self._drop_if_unused(topic)
+
+    async def _followed(self, channel: str) -> Topic:
+        """The channel's topic, once its position is known (following it if needed)."""
+        topic = self._topics.get(channel)
+        if topic is None:
+            topic = self._open(channel)
+        if topic.last is None:
+            topic.waiters += 1
+            try:
+                await asyncio.shield(topic.ready)
+            except BaseException:
+                topic.waiters -= 1
+                self._drop_if_unused(topic)
+                raise
+            topic.waiters -= 1
+        return topic
 
     def close(self) -> None:
         for topic in list(self._topics.values()):
@@ -281,7 +305,12 @@ class Hub:
             topic.started(last)
 
     def _drop_if_unused(self, topic: Topic) -> None:
-        if not topic.subs and topic.waiters == 0 and self._topics.get(topic.channel) is topic:
+        if (
+            not topic.subs
+            and not topic.watchers
+            and topic.waiters == 0
+            and self._topics.get(topic.channel) is topic
+        ):
             self._drop(topic)
 
     def _fail(self, topic: Topic, error: BrokerError) -> None:

@@ -11,7 +11,12 @@ name                           type         holds
 ``relay:{C}:live``             Pub/Sub      announcements of new entries (not a key)
 ``relay:{C}:dead``             stream       dead letters of the channel's consumer groups
 ``relay:instance:<name>``      Pub/Sub      one per instance; keeps its Pub/Sub connection open
+``relay:alive:<name>``         string       an instance's or worker's heartbeat (expires)
+``relay:janitor:lease``        string       which janitor works now (expires)
 =============================  ===========  =====================================================
+
+Consumer groups live on the channel's stream itself (``XINFO GROUPS relay:{C}``); each process
+is one consumer in them, named after ``RELAY_INSTANCE_NAME``.
 
 The braces are a Redis Cluster hash tag: everything of one channel lives in one slot, so the
 publish script never crosses slots.
@@ -49,6 +54,12 @@ class Keys:
 
     def instance(self, name: str) -> str:
         return f"{self._prefix}:instance:{name}"
+
+    def alive(self, name: str) -> str:
+        return f"{self._prefix}:alive:{name}"
+
+    def janitor_lease(self) -> str:
+        return f"{self._prefix}:janitor:lease"
 
     def stream_pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every channel's stream (channel names hold no braces)."""

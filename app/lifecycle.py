@@ -17,6 +17,7 @@ from typing import Protocol
 
 from app import metrics
 from app.broker_redis import RedisBroker
+from app.groups import GroupManager
 from app.hub import Hub
 from app.protocol import Close
 from app.publisher import Publisher
@@ -36,6 +37,7 @@ class Relay:
         self.settings = settings
         self.broker = RedisBroker(settings)
         self.hub = Hub(self.broker, buffer=settings.consumer_buffer)
+        self.groups = GroupManager(self.broker, self.hub, settings)
         self.publisher = Publisher(self.broker)
         self.draining = False
         self._connections: set[Closable] = set()
@@ -56,12 +58,14 @@ class Relay:
                 "Redis: %s (key prefix %r)", self.settings.redis_url_for_display(), self.settings.key_prefix
             )
         await self.broker.start(self.hub)
+        self.groups.start()
         self.publisher.start()
         metrics.BUFFERED.set_function(self.hub.buffered)
 
     async def stop(self) -> None:
         self.begin_drain()
         await self.publisher.close()
+        await self.groups.close()
         self.hub.close()
         await self.broker.close()
 

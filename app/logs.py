@@ -32,3 +32,11 @@ def uvicorn_config(level: str) -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["relay"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
+
+
+def configure_process(level: str) -> None:
+    """Logging for the worker processes (the instances log through uvicorn's set-up)."""
+    logging.basicConfig(
+        level="DEBUG" if level == "trace" else level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -3,10 +3,12 @@
 Frames the relay sends are JSON objects with a ``type``:
 
 ==============  =========================================================================
-``subscribed``  first frame to every consumer: ``channel``, ``id`` (delivery goes on after it)
-``message``     ``id``, ``channel``, ``data`` (the producer's JSON, verbatim)
+``subscribed``  first frame to every consumer: ``channel``, ``id`` (delivery goes on after it);
+                for a group member ``channel`` and ``group``
+``message``     ``id``, ``channel``, ``data`` (the producer's JSON, verbatim); to a group
+                member also ``delivery`` (1 the first time, more when delivered again)
 ``gap``         ``from``, ``next``: messages after ``from`` and before ``next`` are gone
-``ack``         to a producer: ``id`` of the stored entry
+``ack``         to a producer: ``id`` of the stored entry (and from a group member: ``id`` done)
 ``error``       ``code``, ``detail``: the frame it answers was not stored / not accepted
 ==============  =========================================================================
 
@@ -24,12 +26,13 @@ from typing import Final
 import orjson
 
 from app import streamid
-from app.errors import InvalidChannel, InvalidPosition
+from app.errors import InvalidChannel, InvalidPosition, InvalidRequest
 from app.streamid import StreamId
 
 CHANNEL_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _CHANNEL = re.compile(CHANNEL_PATTERN[1:-1])
 DEFAULT_CHANNEL: Final = "default"
+MAX_PREFETCH: Final = 1000
 
 
 class Close(IntEnum):
@@ -58,7 +61,7 @@ class ErrorCode(StrEnum):
     STORAGE_ERROR = "storage_error"  # Redis refused the write (e.g. the key is not a stream)
     RATE_LIMITED = "rate_limited"
     FORBIDDEN = "forbidden"
-    NOT_IMPLEMENTED = "not_implemented"  # a part of the contract this version does not have yet
+    UNKNOWN_ID = "unknown_id"  # a group member acked an id it does not hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,23 @@ def check_channel(name: str) -> str:
     return name
 
 
+def check_group(name: str) -> str:
+    """Group names follow the channel-name rule."""
+    if _CHANNEL.fullmatch(name) is None:
+        raise InvalidRequest(f"invalid group name {name[:140]!r}: expected {CHANNEL_PATTERN}")
+    return name
+
+
+def parse_prefetch(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PREFETCH:
+        raise InvalidRequest(
+            f"invalid prefetch {text[:20]!r}: expected a whole number from 1 to {MAX_PREFETCH}"
+        )
+    return int(text)
+
+
 def parse_position(text: str | None) -> Position:
     """``from`` as a consumer or a history request gives it."""
     if text is None or text == "$":
@@ -105,6 +125,14 @@ def subscribed_frame(channel: str, position: str) -> str:
 def message_frame(entry_id: str, channel: str, data: str) -> str:
     """A message as consumers see it; ``data`` is JSON text already validated on the way in."""
     return f'{{"type":"message","id":"{entry_id}","channel":"{channel}","data":{data}}}'
+
+
+def group_subscribed_frame(channel: str, group: str) -> str:
+    return f'{{"type":"subscribed","channel":"{channel}","group":"{group}"}}'
+
+
+def group_message_frame(entry_id: str, channel: str, data: str, delivery: int) -> str:
+    return f'{{"type":"message","id":"{entry_id}","channel":"{channel}","data":{data},"delivery":{delivery}}}'
 
 
 def gap_frame(after: str, next_id: str) -> str:

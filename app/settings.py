@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     drain_grace: float = Field(default=1.0, ge=0, description="Seconds /readyz says 503 before consumers go.")
     drain_timeout: Seconds = Field(default=2.0, description="Seconds connections get to close after that.")
     redis_timeout: Seconds = Field(default=2.0, description="Connect and command timeout towards Redis.")
+    group_claim_idle_ms: int = Field(default=30_000, ge=100, description="Idle time before redelivery.")
+    group_max_deliveries: int = Field(default=5, ge=1, description="Deliveries before the dead letters.")
+    group_prefetch: int = Field(default=10, ge=1, le=1000, description="Default unacked messages per member.")
+    janitor_interval: Seconds = Field(default=10.0, description="Seconds between two janitor rounds.")
     instance_name: str = Field(default_factory=_instance_name)
     log_level: str = "info"
     ws_per_message_deflate: bool = False

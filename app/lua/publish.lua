@@ -11,7 +11,8 @@
 -- ARGV[4..] the messages' JSON text, in order (none: only apply retention)
 --
 -- Returns {replayed, id1, id2, ...}. replayed = 1 when KEYS[4] already named an entry: then
--- nothing is written and id1 is that entry's id.
+-- nothing is written and id1 is that entry's id. With no messages (a retention-only call):
+-- {0, number of entries removed}.
 --
 -- Announces "prev\0id1\0data1\0id2\0data2..." where prev is the id of the stream's last entry
 -- before this call ("0-0" when there is none). JSON text never holds a NUL byte.
@@ -32,32 +33,30 @@ end
 
 local function trim_by_age()
   if max_age <= 0 then
-    return nil
+    return nil, 0
   end
   local now = redis.call('TIME')
   local cutoff = string.format('%.0f', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age)
   local newest_old = redis.call('XREVRANGE', stream, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
   if not newest_old[1] then
-    return nil
+    return nil, 0
   end
-  redis.call('XTRIM', stream, 'MINID', cutoff .. '-0')
-  return newest_old[1][1]
+  return newest_old[1][1], redis.call('XTRIM', stream, 'MINID', cutoff .. '-0')
 end
 
 local function trim_by_length()
   if maxlen <= 0 then
-    return nil
+    return nil, 0
   end
   local length = redis.call('XLEN', stream)
   local slack = math.max(1, math.min(100, math.floor(maxlen / 10)))
   if length < maxlen + slack then
-    return nil
+    return nil, 0
   end
   -- at most 1000 entries per call: a lowered MAXLEN converges over a few publishes
   local excess = math.min(length - maxlen, 1000)
   local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
-  redis.call('XTRIM', stream, 'MAXLEN', length - excess)
-  return head[#head][1]
+  return head[#head][1], redis.call('XTRIM', stream, 'MAXLEN', length - excess)
 end
 
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
@@ -76,16 +75,18 @@ for i = 4, #ARGV do
 end
 
 -- length trimming runs last: it removes newer entries than age trimming, so its id wins
-local removed = trim_by_age()
-removed = trim_by_length() or removed
+local by_age, aged = trim_by_age()
+local by_length, cut = trim_by_length()
+local removed = by_length or by_age
 if removed then
   redis.call('SET', watermark, removed)
 end
-
-if #reply > 1 then
-  if idem then
-    redis.call('SET', idem, reply[2], 'EX', ARGV[3])
-  end
-  redis.call('PUBLISH', live, table.concat(announcement, '\0'))
+if #reply == 1 then
+  return {0, aged + cut}
 end
+
+if idem then
+  redis.call('SET', idem, reply[2], 'EX', ARGV[3])
+end
+redis.call('PUBLISH', live, table.concat(announcement, '\0'))
 return reply

@@ -38,12 +38,6 @@ async def admit(websocket: WebSocket, channel: str, from_: str | None = None) ->
 
     Returns the position asked for (``$`` when there is none).
     """
-    if "group" in websocket.query_params:
-        # work queues are in the contract but not in this version: never hand out fan-out instead
-        await refuse(
-            websocket, 501, ErrorCode.NOT_IMPLEMENTED, "consumer groups (?group=) are not available yet"
-        )
-        return None
     try:
         protocol.check_channel(channel)
         position = protocol.parse_position(from_)

@@ -20,6 +20,7 @@ from app import metrics, protocol, streamid
 from app.errors import BrokerError
 from app.protocol import Close, ErrorCode
 from app.routes.common import admit, refuse, relay_of
+from app.routes.members import serve_member
 from app.subscription import Subscription
 from app.wakeup import Wakeup
 
@@ -44,6 +45,9 @@ async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
     if position is None:
         return
     relay = relay_of(websocket)
+    if "group" in websocket.query_params:
+        await serve_member(websocket, relay, channel, position)
+        return
     connection = ConsumerConnection(websocket)
     try:
         sub = await relay.hub.subscribe(channel, position, connection.wake.set)

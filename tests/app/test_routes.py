@@ -106,7 +106,9 @@ def test_producer_and_consumer_over_websockets(client: TestClient) -> None:
         ("/ws/consumer/bad!name", 400, "invalid_channel"),
         ("/ws/producer/-x", 400, "invalid_channel"),
         ("/ws/consumer/ok?from=yesterday", 400, "invalid_id"),
-        ("/ws/consumer/jobs?group=workers", 501, "not_implemented"),  # never fan-out in its place
+        ("/ws/consumer/jobs?group=bad%20name", 400, "invalid_request"),
+        ("/ws/consumer/jobs?group=w&prefetch=0", 400, "invalid_request"),
+        ("/ws/consumer/jobs?group=w&prefetch=1001", 400, "invalid_request"),
     ],
 )
 def test_refused_handshakes_answer_with_json(client: TestClient, path: str, status: int, code: str) -> None:
@@ -141,3 +143,20 @@ def test_metrics_move_when_messages_flow(client: TestClient) -> None:
     assert metric(client, "relay_messages_published_total") == published + 1
     assert metric(client, "relay_messages_delivered_total") >= delivered + 1
     assert metric(client, "relay_errors_total", code="invalid_json") == errors + 1
+
+
+def test_a_group_member_gets_each_message_once_and_acks(client: TestClient) -> None:
+    with client.websocket_connect("/ws/consumer/jobs?group=workers&prefetch=2") as member:
+        assert member.receive_json() == {"type": "subscribed", "channel": "jobs", "group": "workers"}
+        ids = [client.post("/channels/jobs/messages", content=str(n)).json()["id"] for n in range(3)]
+        first, second = member.receive_json(), member.receive_json()
+        assert [(first["id"], first["data"], first["delivery"]), (second["id"], second["delivery"])] == [
+            (ids[0], 0, 1),
+            (ids[1], 1),
+        ]
+        member.send_json({"type": "ack", "id": "1-0"})
+        assert member.receive_json()["code"] == "unknown_id"
+        member.send_text("not json")
+        assert member.receive_json()["code"] == "invalid_json"
+        member.send_json({"type": "ack", "id": ids[0]})  # room for the third
+        assert member.receive_json()["id"] == ids[2]

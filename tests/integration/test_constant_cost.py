@@ -12,7 +12,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import RelayFactory
-from tests.support import Instance, RedisServer, publish_all, recv_json, recv_messages, timeout
+from tests.support import Instance, RedisServer, publish_all, recv_json, recv_messages, timeout, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -102,3 +102,22 @@ async def test_redis_work_per_message_does_not_grow_with_followed_channels(
     # XLEN, PUBLISH), plus INFO and the odd PING, however many channels are followed
     assert with_one <= 5 * 200 + 10
     assert with_many <= with_one + 10
+
+
+async def test_group_members_hold_no_redis_connection_of_their_own(
+    relay: RelayFactory, redis_client: redis.Redis, prefix: str
+) -> None:
+    a: Instance = relay(instance_name="groupcount").start()
+    pairs = [(f"work-{c}", f"g{g}") for c in range(50) for g in range(2)]  # 100 (channel, group) readers
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [f"{a.ws}/ws/consumer/{c}?group={g}&prefetch=2" for c, g in pairs for _ in range(4)]
+        await open_consumers(stack, urls)  # 400 members
+        for c in range(50):
+            await publish_all(f"{a.ws}/ws/producer/work-{c}", [{"job": n} for n in range(4)], within=10)
+
+        def handed_out() -> int:
+            return sum(int(redis_client.xpending(f"{prefix}:{{{c}}}", g)["pending"]) for c, g in pairs)
+
+        # every message reached one member of each group of its channel (held, not yet acked)
+        wait_until(lambda: handed_out() == 4 * len(pairs), 10, "every group to hand out its messages")
+        assert relay_connections(redis_client, "groupcount") <= 5

@@ -1,0 +1,127 @@
+"""The janitor: keeps Redis tidy beside the relay instances.
+
+Every ``RELAY_JANITOR_INTERVAL`` seconds, for every channel:
+
+- applies ``RELAY_STREAM_MAX_AGE`` (and ``RELAY_STREAM_MAXLEN``) to channels that get no new
+  messages, recording what it removed so that resuming consumers are told of the gap;
+- removes consumers of consumer groups whose process is gone (no heartbeat) once they hold no
+  pending entries (what they held is claimed by live readers first).
+
+Several janitors may run: a lease in Redis (``relay:janitor:lease``) lets one work at a time; the
+others wait, ready to take over when its lease expires. Run it with ``relay worker janitor`` or
+``python -m workers.janitor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+from app.broker_redis import RedisBroker
+from app.errors import BrokerError
+from app.settings import Settings
+
+log = logging.getLogger("relay.janitor")
+
+_CHANNELS_PER_ROUND = 10_000
+
+
+@dataclass
+class Round:
+    channels: int = 0
+    trimmed: int = 0
+    consumers_removed: int = 0
+
+
+async def tidy(broker: RedisBroker, settings: Settings) -> Round:
+    """One pass over every channel."""
+    done = Round()
+    for info in await broker.channels(_CHANNELS_PER_ROUND):
+        done.channels += 1
+        if settings.stream_max_age is not None:
+            removed = await broker.trim(info.name)
+            if removed:
+                log.info(
+                    "channel %r: removed %d entries older than %gs",
+                    info.name,
+                    removed,
+                    settings.stream_max_age,
+                )
+            done.trimmed += removed
+        if info.groups:
+            done.consumers_removed += await _remove_dead_consumers(broker, info.name)
+    return done
+
+
+async def _remove_dead_consumers(broker: RedisBroker, channel: str) -> int:
+    consumers = await broker.group_consumers(channel)
+    idle = [c for c in consumers if c.pending == 0]
+    if not idle:
+        return 0
+    alive = await broker.alive(sorted({c.name for c in idle}))
+    removed = 0
+    for consumer in idle:
+        if consumer.name in alive:
+            continue
+        await broker.delete_consumer(channel, consumer.group, consumer.name)
+        log.info(
+            "channel %r group %r: removed consumer %r (gone, nothing pending)",
+            channel,
+            consumer.group,
+            consumer.name,
+        )
+        removed += 1
+    return removed
+
+
+async def run(settings: Settings, *, once: bool = False) -> None:
+    """Work whenever this janitor holds the lease, until SIGTERM/SIGINT (or after one round)."""
+    broker = RedisBroker(settings)
+    me = f"{socket.gethostname()}-{os.getpid()}"
+    stop = _stop_on_signals()
+    lease_ms = int(settings.janitor_interval * 3000)
+    holding = None
+    try:
+        while not stop.is_set():
+            try:
+                holds = await broker.lease(me, lease_ms)
+                if holds != holding:
+                    log.info(
+                        "janitor %s %s the lease", me, "holds" if holds else "waits: another janitor holds"
+                    )
+                    holding = holds
+                if holds:
+                    done = await tidy(broker, settings)
+                    log.info(
+                        "round done: %d channel(s), %d entries trimmed, %d dead consumer(s) removed",
+                        done.channels,
+                        done.trimmed,
+                        done.consumers_removed,
+                    )
+            except BrokerError as exc:
+                log.warning("janitor round failed: %s", exc)
+            if once:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.janitor_interval)
+    finally:
+        await broker.close()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+if __name__ == "__main__":
+    from app.cli import janitor
+
+    janitor()
