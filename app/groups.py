@@ -139,9 +139,10 @@ class GroupReader:
                 if now >= next_touch:
                     await self._touch()
                     next_touch = now + touch_every
-                if now >= next_claim and self._room():
-                    await self._claim()
+                if now >= next_claim:
                     next_claim = now + claim_every
+                    if self._room():  # nobody to give claimed entries to: leave them
+                        await self._claim()
                 await self._read()
                 failures = 0
             except GroupMissing:
