@@ -121,6 +121,7 @@ class RedisBroker:
         self._claim = self._read.register_script(_lua("claim"))
         self._touch = self._read.register_script(_lua("touch"))
         self._lease = self._read.register_script(_lua("lease"))
+        self._reap = self._read.register_script(_lua("reap"))
         self._trim = self._read.register_script(_PUBLISH_SCRIPT)
         self._dead_maxlen = str(settings.stream_maxlen)
         self._pubsub = _PubSubSupervisor(self._sub, self._keys, settings)
@@ -138,10 +139,11 @@ class RedisBroker:
         self._pubsub.start(listener)
 
     async def close(self) -> None:
+        """Stop and disconnect, within a bounded time even when Redis does not answer."""
         await self._pubsub.stop()
         for client in (self._pub, self._read, self._sub):
             with contextlib.suppress(*_UNAVAILABLE):
-                await client.aclose()
+                await asyncio.wait_for(client.aclose(), self._settings.redis_timeout)
 
     async def ping(self) -> None:
         if not self._pubsub.connected:
@@ -237,33 +239,23 @@ class RedisBroker:
 
     async def group_read(self, channel: str, group: str, consumer: str, count: int) -> list[Delivery]:
         key = self._keys.stream(channel)
-        try:
-            raw: Any = await _checked(self._read.xreadgroup(group, consumer, {key: ">"}, count=count))
-        except StorageError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            raise GroupMissing(f"group {group!r} of channel {channel!r} does not exist") from exc
+        raw: Any = await _group_call(self._read.xreadgroup(group, consumer, {key: ">"}, count=count))
         if not raw:
             return []
         return [Delivery(entry_id, fields.get("data", "null"), 1) for entry_id, fields in raw[0][1]]
 
     async def group_ack(self, channel: str, group: str, ids: Sequence[str]) -> None:
-        await _checked(self._read.xack(self._keys.stream(channel), group, *ids))
+        await _group_call(self._read.xack(self._keys.stream(channel), group, *ids))
 
     async def group_touch(self, channel: str, group: str, consumer: str, ids: Sequence[str]) -> None:
-        await _checked(self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]))
+        await _group_call(self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]))
 
     async def group_claim(
         self, channel: str, group: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
     ) -> Claimed:
         keys = [self._keys.stream(channel), self._keys.dead(channel)]
         args: list[str | int] = [group, consumer, min_idle_ms, max_deliveries, count, self._dead_maxlen]
-        try:
-            claimed, dead = await _checked(self._claim(keys=keys, args=args))
-        except StorageError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            raise GroupMissing(f"group {group!r} of channel {channel!r} does not exist") from exc
+        claimed, dead = await _group_call(self._claim(keys=keys, args=args))
         deliveries = [Delivery(str(i), str(data), int(n)) for i, data, n in claimed]
         return Claimed(deliveries, [str(i) for i in dead])
 
@@ -291,8 +283,11 @@ class RedisBroker:
         found = await _checked(pipe.execute())
         return {name for name, exists in zip(names, found, strict=True) if exists}
 
-    async def delete_consumer(self, channel: str, group: str, consumer: str) -> None:
-        await _checked(self._read.xgroup_delconsumer(self._keys.stream(channel), group, consumer))
+    async def reap_consumer(self, channel: str, group: str, consumer: str, min_idle_ms: int) -> bool:
+        """Remove the consumer if its process is gone, it holds nothing and has been idle for
+        ``min_idle_ms`` (checked and done atomically); True when removed."""
+        keys = [self._keys.stream(channel), self._keys.alive(consumer)]
+        return bool(await _group_call(self._reap(keys=keys, args=[group, consumer, min_idle_ms])))
 
     async def lease(self, holder: str, ttl_ms: int) -> bool:
         """Take or keep the janitor's lease; True while ``holder`` has it."""
@@ -345,8 +340,8 @@ class _PubSubSupervisor:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, self._timeout * 2)
 
     async def follow(self, channel: str) -> None:
         if not self.connected:
@@ -410,8 +405,8 @@ class _PubSubSupervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):  # a dead connection must not hold the session open
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
 
     def _reset(self) -> None:
         self.connected = False
@@ -509,6 +504,16 @@ class _PubSubSupervisor:
             await asyncio.wait_for(pong, self._timeout)
         except TimeoutError as exc:
             raise BrokerUnavailable("Redis did not answer PING on the Pub/Sub connection") from exc
+
+
+async def _group_call(awaitable: Awaitable[T]) -> T:
+    """A consumer-group command: a missing group (deleted, or Redis restarted empty) is GroupMissing."""
+    try:
+        return await _checked(awaitable)
+    except StorageError as exc:
+        if "NOGROUP" in str(exc):
+            raise GroupMissing(f"the consumer group does not exist: {exc}") from exc
+        raise
 
 
 async def _checked(awaitable: Awaitable[T]) -> T:

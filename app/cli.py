@@ -83,7 +83,14 @@ def janitor(once: bool) -> None:
     help="Messages handled at once.",
 )
 @click.option("--from", "from_", default="$", show_default=True, help="Where a new group starts: $ or 0.")
-def run(target: str, channel: str, group: str, concurrency: int, from_: str) -> None:
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to finish work on SIGTERM.",
+)
+def run(target: str, channel: str, group: str, concurrency: int, from_: str, grace: float) -> None:
     """Call the async function MODULE:FUNCTION for each message of CHANNEL, through GROUP.
 
     Returning acknowledges the message; raising delivers it again after RELAY_GROUP_CLAIM_IDLE_MS,
@@ -103,7 +110,11 @@ def run(target: str, channel: str, group: str, concurrency: int, from_: str) -> 
         protocol.check_group(group)
         position = protocol.parse_position(from_)
         handler = runner.load_handler(target)
-        asyncio.run(runner.run(settings, handler, channel, group, concurrency=concurrency, position=position))
+        asyncio.run(
+            runner.run(
+                settings, handler, channel, group, concurrency=concurrency, position=position, grace=grace
+            )
+        )
     except (ConfigError, ProtocolError) as exc:
         click.echo(f"relay worker run: {exc}", err=True)
         sys.exit(2)

@@ -4,8 +4,9 @@ A process is one Redis consumer in every group it serves (named ``RELAY_INSTANCE
 each (channel, group) with local members, one :class:`GroupReader` reads for all of them and
 hands each entry to a member with room (at most ``prefetch`` unacknowledged per member):
 
-- reads never block: the channel's announcements (through the hub), a member's ack and a timer
-  say when to read, so Redis connections stay the broker's constant few;
+- reads never block: the channel's announcements (through the hub), a member's ack and a
+  member joining say when to read, so Redis connections stay the broker's constant few; acks are
+  sent in batches, one XACK per turn of the reader;
 - what members hold stays claimed by this process: its idle time is reset every third of
   ``RELAY_GROUP_CLAIM_IDLE_MS``;
 - what a member held when it went away is no longer touched, so after the idle time some reader,
@@ -21,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from redis.backoff import ExponentialWithJitterBackoff
 
+from app import streamid
 from app.broker import Delivery
 from app.broker_redis import RedisBroker
 from app.errors import BrokerError, GroupMissing
@@ -48,6 +50,9 @@ class Member(Protocol):
 
     def deliver(self, deliveries: list[Delivery]) -> None:
         """Take these entries (now held by this member); must not block."""
+
+    def ack_failed(self, ids: list[str], error: BrokerError) -> None:
+        """Redis did not record these acks: the entries will be delivered again."""
 
 
 class Membership:
@@ -76,8 +81,13 @@ class GroupReader:
         self._start = start
         self._members: list[Membership] = []
         self._turn = 0  # round-robin start for fairness between members
+        self._acks: list[tuple[Membership, str]] = []  # to send in the next XACK
         self._wake = Wakeup()
+        self._closed = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        idle = manager.settings.group_claim_idle_ms / 1000
+        self._touch_every = idle / 3
+        self._claim_every = min(max(idle / 4, 0.05), 5.0)
         self._task = asyncio.create_task(self._run(), name=f"relay-group-{channel}-{group}")
 
     @property
@@ -99,13 +109,17 @@ class GroupReader:
     def wake(self) -> None:
         self._wake.set()
 
-    async def ack(self, membership: Membership, ids: Sequence[str]) -> list[str]:
-        """Acknowledge entries the member holds; returns the ids it does not hold (nothing done)."""
-        unknown = [entry_id for entry_id in ids if entry_id not in membership.held]
-        mine = [entry_id for entry_id in ids if membership.held.pop(entry_id, None) is not None]
-        if mine:
-            self._wake.set()  # room for more
-            await self._broker.group_ack(self.channel, self.group, mine)
+    def ack(self, membership: Membership, ids: Sequence[str]) -> list[str]:
+        """Acknowledge entries the member holds (sent to Redis with the reader's next batch of acks;
+        a failure reaches ``Member.ack_failed``). Returns the ids it does not hold: nothing done."""
+        unknown = []
+        for entry_id in ids:
+            if membership.held.pop(entry_id, None) is None:
+                unknown.append(entry_id)
+            else:
+                self._acks.append((membership, entry_id))
+        if len(unknown) < len(ids):
+            self._wake.set()  # acks to send, room for more
         return unknown
 
     def release(self, membership: Membership, ids: Sequence[str]) -> None:
@@ -115,6 +129,11 @@ class GroupReader:
         self._wake.set()
 
     async def close(self) -> None:
+        """Stop the loop: at its next turn (woken now), or by cancellation, whichever comes first."""
+        self._closed = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), 1.0)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -122,42 +141,59 @@ class GroupReader:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        settings = self._manager.settings
-        idle = settings.group_claim_idle_ms / 1000
-        claim_every, touch_every = min(idle / 2, 1.0), idle / 3
-        loop = asyncio.get_running_loop()
-        next_claim = next_touch = 0.0
-        backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
-        failures = 0
         try:
             await self._setup()
         except Exception:
             return  # join() raises it to the members, who leave
-        while True:
+        try:
+            await self._serve()
+        finally:
+            self._manager.hub.unwatch(self.channel, self.wake)
+
+    async def _serve(self) -> None:
+        """Until closed: send acks, keep what members hold, claim what was abandoned, read."""
+        loop = asyncio.get_running_loop()
+        timers = {"touch": 0.0, "claim": 0.0}
+        backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
+        failures = 0
+        while not self._closed:
             try:
-                now = loop.time()
-                if now >= next_touch:
-                    await self._touch()
-                    next_touch = now + touch_every
-                if now >= next_claim:
-                    next_claim = now + claim_every
-                    if self._room():  # nobody to give claimed entries to: leave them
-                        await self._claim()
-                await self._read()
+                await self._turn_once(loop, timers)
                 failures = 0
             except GroupMissing:
                 log.warning("group %r of channel %r vanished; creating it again", self.group, self.channel)
-                await self._create()
+                self._start = streamid.ZERO  # what was published since must not be skipped
+                failures += 1
+                await self._retry(self._create, backoff.compute(failures))
                 continue
             except Exception as exc:  # Redis away: back off, keep the members
                 failures += 1
                 log.warning("group %r of channel %r: %s; retrying", self.group, self.channel, exc)
                 await asyncio.sleep(backoff.compute(failures))
                 continue
-            wait = max(0.0, min(next_claim, next_touch) - loop.time())
+            wait = max(0.0, min(timers.values()) - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+
+    async def _retry(self, step: Callable[[], Awaitable[None]], delay: float) -> None:
+        try:
+            await step()
+        except Exception as exc:
+            log.warning("group %r of channel %r: %s; retrying", self.group, self.channel, exc)
+            await asyncio.sleep(delay)
+
+    async def _turn_once(self, loop: asyncio.AbstractEventLoop, timers: dict[str, float]) -> None:
+        await self.send_acks()
+        now = loop.time()
+        if now >= timers["touch"]:
+            timers["touch"] = now + self._touch_every
+            await self._touch()
+        if now >= timers["claim"]:
+            timers["claim"] = now + self._claim_every
+            if self._room():  # nobody to give claimed entries to: leave them
+                await self._claim()
+        await self._read(until=min(timers.values()), loop=loop)
 
     async def _setup(self) -> None:
         try:
@@ -175,6 +211,20 @@ class GroupReader:
 
     def _room(self) -> int:
         return sum(m.room for m in self._members)
+
+    async def send_acks(self) -> None:
+        """One XACK for every ack members sent since the last one."""
+        while self._acks:
+            acks, self._acks = self._acks, []
+            try:
+                await self._broker.group_ack(self.channel, self.group, [entry_id for _, entry_id in acks])
+            except BrokerError as exc:
+                failed: dict[int, tuple[Membership, list[str]]] = {}
+                for membership, entry_id in acks:
+                    failed.setdefault(id(membership), (membership, []))[1].append(entry_id)
+                for membership, ids in failed.values():
+                    membership.member.ack_failed(ids, exc)
+                raise
 
     async def _touch(self) -> None:
         held = [entry_id for m in self._members for entry_id in m.held]
@@ -202,9 +252,11 @@ class GroupReader:
             )
         self._dispatch(claimed.deliveries)
 
-    async def _read(self) -> None:
-        """New entries for as long as the members have room and the stream has entries."""
-        while room := self._room():
+    async def _read(self, *, until: float, loop: asyncio.AbstractEventLoop) -> None:
+        """New entries while members have room and the stream has them, until a timer is due
+        (a long backlog must not starve the touches that keep what members hold)."""
+        while (room := self._room()) and loop.time() < until:
+            await self.send_acks()
             got = await self._broker.group_read(self.channel, self.group, self._manager.consumer, room)
             self._dispatch(got)
             if len(got) < room:
@@ -258,13 +310,17 @@ class GroupManager:
             raise
         return membership
 
+    async def flush(self, membership: Membership) -> None:
+        """Send the acks waiting in the member's reader now (a worker about to exit)."""
+        with contextlib.suppress(BrokerError):
+            await membership.reader.send_acks()
+
     def leave(self, membership: Membership) -> None:
         reader = membership.reader
         reader.remove(membership)
         key = (reader.channel, reader.group)
         if reader.empty and self._readers.get(key) is reader:
             del self._readers[key]
-            self.hub.unwatch(reader.channel, reader.wake)
             task = asyncio.get_running_loop().create_task(reader.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     group_max_deliveries: int = Field(default=5, ge=1, description="Deliveries before the dead letters.")
     group_prefetch: int = Field(default=10, ge=1, le=1000, description="Default unacked messages per member.")
     janitor_interval: Seconds = Field(default=10.0, description="Seconds between two janitor rounds.")
+    janitor_reap_idle_ms: int = Field(
+        default=60_000, ge=0, description="Idle time before a group consumer with no heartbeat is removed."
+    )
     instance_name: str = Field(default_factory=_instance_name)
     log_level: str = "info"
     ws_per_message_deflate: bool = False

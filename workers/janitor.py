@@ -5,7 +5,8 @@ Every ``RELAY_JANITOR_INTERVAL`` seconds, for every channel:
 - applies ``RELAY_STREAM_MAX_AGE`` (and ``RELAY_STREAM_MAXLEN``) to channels that get no new
   messages, recording what it removed so that resuming consumers are told of the gap;
 - removes consumers of consumer groups whose process is gone (no heartbeat) once they hold no
-  pending entries (what they held is claimed by live readers first).
+  pending entries (what they held is claimed by live readers first) and have not read for
+  ``RELAY_JANITOR_REAP_IDLE_MS``; the check and the removal are one atomic script.
 
 Several janitors may run: a lease in Redis (``relay:janitor:lease``) lets one work at a time; the
 others wait, ready to take over when its lease expires. Run it with ``relay worker janitor`` or
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from app.broker_redis import RedisBroker
@@ -38,10 +40,17 @@ class Round:
     consumers_removed: int = 0
 
 
-async def tidy(broker: RedisBroker, settings: Settings) -> Round:
-    """One pass over every channel."""
+async def tidy(broker: RedisBroker, settings: Settings, keep_lease: Callable[[], Awaitable[bool]]) -> Round:
+    """One pass over every channel (stopped early if the lease is lost meanwhile)."""
     done = Round()
+    loop = asyncio.get_running_loop()
+    renewed = loop.time()
     for info in await broker.channels(_CHANNELS_PER_ROUND):
+        if loop.time() - renewed > settings.janitor_interval:
+            if not await keep_lease():
+                log.warning("lease lost during a round: stopping it")
+                break
+            renewed = loop.time()
         done.channels += 1
         if settings.stream_max_age is not None:
             removed = await broker.trim(info.name)
@@ -54,28 +63,23 @@ async def tidy(broker: RedisBroker, settings: Settings) -> Round:
                 )
             done.trimmed += removed
         if info.groups:
-            done.consumers_removed += await _remove_dead_consumers(broker, info.name)
+            done.consumers_removed += await _remove_dead_consumers(broker, info.name, settings)
     return done
 
 
-async def _remove_dead_consumers(broker: RedisBroker, channel: str) -> int:
-    consumers = await broker.group_consumers(channel)
-    idle = [c for c in consumers if c.pending == 0]
-    if not idle:
-        return 0
-    alive = await broker.alive(sorted({c.name for c in idle}))
+async def _remove_dead_consumers(broker: RedisBroker, channel: str, settings: Settings) -> int:
     removed = 0
-    for consumer in idle:
-        if consumer.name in alive:
-            continue
-        await broker.delete_consumer(channel, consumer.group, consumer.name)
-        log.info(
-            "channel %r group %r: removed consumer %r (gone, nothing pending)",
-            channel,
-            consumer.group,
-            consumer.name,
-        )
-        removed += 1
+    for consumer in await broker.group_consumers(channel):
+        if consumer.pending or consumer.idle_ms < settings.janitor_reap_idle_ms:
+            continue  # holds something, or read lately: alive, or its entries are not claimed yet
+        if await broker.reap_consumer(channel, consumer.group, consumer.name, settings.janitor_reap_idle_ms):
+            log.info(
+                "channel %r group %r: removed consumer %r (gone, nothing pending)",
+                channel,
+                consumer.group,
+                consumer.name,
+            )
+            removed += 1
     return removed
 
 
@@ -85,18 +89,22 @@ async def run(settings: Settings, *, once: bool = False) -> None:
     me = f"{socket.gethostname()}-{os.getpid()}"
     stop = _stop_on_signals()
     lease_ms = int(settings.janitor_interval * 3000)
+
+    async def keep() -> bool:
+        return await broker.lease(me, lease_ms)
+
     holding = None
     try:
         while not stop.is_set():
             try:
-                holds = await broker.lease(me, lease_ms)
+                holds = await keep()
                 if holds != holding:
                     log.info(
                         "janitor %s %s the lease", me, "holds" if holds else "waits: another janitor holds"
                     )
                     holding = holds
                 if holds:
-                    done = await tidy(broker, settings)
+                    done = await tidy(broker, settings, keep)
                     log.info(
                         "round done: %d channel(s), %d entries trimmed, %d dead consumer(s) removed",
                         done.channels,

@@ -6,8 +6,8 @@
 - it raises (or the process dies): the message is delivered again after
   ``RELAY_GROUP_CLAIM_IDLE_MS``, to this runner or another one, with ``message.delivery`` one higher;
 - after ``RELAY_GROUP_MAX_DELIVERIES`` deliveries it goes to ``relay:{C}:dead`` instead;
-- SIGTERM/SIGINT: no new messages are taken; the ones in flight finish (for up to
-  ``RELAY_DRAIN_TIMEOUT`` seconds, after which they are left to be delivered again) and are acked.
+- SIGTERM/SIGINT: no new messages are taken; the ones in flight finish (for up to ``--grace``
+  seconds, 30 by default, after which they are left to be delivered again) and are acked.
 
 The runner is a group member like a WebSocket one (``app.groups``): ``concurrency`` is its prefetch.
 """
@@ -80,6 +80,9 @@ class HandlerPool:
     def prefetch(self) -> int:
         return self._concurrency if self._accepting else 0
 
+    def ack_failed(self, ids: list[str], error: BrokerError) -> None:
+        log.warning("acks of %d message(s) not recorded (%s); they will be delivered again", len(ids), error)
+
     def deliver(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             task = asyncio.create_task(self._handle(delivery), name=f"relay-handle-{delivery.entry_id}")
@@ -103,22 +106,19 @@ class HandlerPool:
     async def _handle(self, delivery: Delivery) -> None:
         membership = self.membership
         assert membership is not None
-        message = Message(delivery.entry_id, self._channel, orjson.loads(delivery.data), delivery.count)
         try:
+            message = Message(delivery.entry_id, self._channel, orjson.loads(delivery.data), delivery.count)
             await self._handler(message)
         except Exception:
             log.exception(
-                "handler failed on %s (delivery %d); it will be delivered again", message.id, message.delivery
+                "handling %s (delivery %d) failed; it comes back later", delivery.entry_id, delivery.count
             )
-            membership.reader.release(membership, [message.id])
+            membership.reader.release(membership, [delivery.entry_id])
             return
         except asyncio.CancelledError:
-            membership.reader.release(membership, [message.id])
+            membership.reader.release(membership, [delivery.entry_id])
             raise
-        try:
-            await membership.reader.ack(membership, [message.id])
-        except BrokerError as exc:
-            log.warning("ack of %s not recorded (%s); it will be delivered again", message.id, exc)
+        membership.reader.ack(membership, [delivery.entry_id])
 
 
 async def run(
@@ -129,6 +129,7 @@ async def run(
     *,
     concurrency: int,
     position: Position = LATEST,
+    grace: float = 30.0,
 ) -> None:
     if settings.embedded:
         raise ConfigError("set RELAY_REDIS_URL: the embedded Redis lives in one process only")
@@ -154,7 +155,8 @@ async def run(
             )
             await stop.wait()
             log.info("stopping: finishing %d message(s) in flight", pool.in_flight)
-            await pool.finish(settings.drain_timeout)
+            await pool.finish(grace)
+            await groups.flush(pool.membership)  # the last acks reach Redis before we go
             groups.leave(pool.membership)
     finally:
         await groups.close()

@@ -69,6 +69,10 @@ class GroupMember:
         self._out.extend(deliveries)
         self._wake.set()
 
+    def ack_failed(self, ids: list[str], error: BrokerError) -> None:
+        detail = f"ack of {', '.join(ids[:5])} not recorded ({error}); delivered again after the idle time"
+        self._answer(ErrorCode.UNAVAILABLE, detail)
+
     def request_close(self, code: int, reason: str) -> None:
         if not self._closing.is_set():
             self._close = (code, reason)
@@ -113,17 +117,19 @@ class GroupMember:
             if message["type"] == "websocket.disconnect":
                 self._stop()  # gone: what it held is delivered again after the idle time
                 return
-            error = await self._handle(membership, message)
-            if error is None:
-                continue
-            if len(self._control) >= _CONTROL_LIMIT:
-                self.request_close(Close.POLICY, "too many frames that could not be answered in time")
-                return
-            metrics.ERRORS.labels(error[0]).inc()
-            self._control.append(protocol.error_frame(*error))
-            self._wake.set()
+            error = self._handle(membership, message)
+            if error is not None:
+                self._answer(*error)
 
-    async def _handle(self, membership: Membership, message: Any) -> tuple[ErrorCode, str] | None:
+    def _answer(self, code: ErrorCode, detail: str) -> None:
+        if len(self._control) >= _CONTROL_LIMIT:
+            self.request_close(Close.POLICY, "too many frames that could not be answered in time")
+            return
+        metrics.ERRORS.labels(code).inc()
+        self._control.append(protocol.error_frame(code, detail))
+        self._wake.set()
+
+    def _handle(self, membership: Membership, message: Any) -> tuple[ErrorCode, str] | None:
         """Act on one frame from the member; the error to answer with, if any."""
         text = message.get("text")
         if text is None:
@@ -135,10 +141,6 @@ class GroupMember:
         if not isinstance(frame, dict) or frame.get("type") != "ack" or not isinstance(frame.get("id"), str):
             return ErrorCode.INVALID_REQUEST, 'expected {"type":"ack","id":"<entry id>"}'
         entry_id = frame["id"]
-        try:
-            unknown = await membership.reader.ack(membership, [entry_id])
-        except BrokerError as exc:
-            return ErrorCode.UNAVAILABLE, f"ack of {entry_id} not recorded ({exc}); it may be delivered again"
-        if unknown:
+        if membership.reader.ack(membership, [entry_id]):
             return ErrorCode.UNKNOWN_ID, f"{entry_id[:60]} is not a message this member holds"
         return None

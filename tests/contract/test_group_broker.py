@@ -120,5 +120,9 @@ async def test_heartbeats_leases_and_housekeeping(open_broker: OpenBroker) -> No
     assert [(c.group, c.name, c.pending) for c in await broker.group_consumers("old")] == [
         ("g", "someone", 0)
     ]
-    await broker.delete_consumer("old", "g", "someone")
+    await broker.heartbeat("someone", 10_000)
+    assert not await broker.reap_consumer("old", "g", "someone", 0)  # alive: kept
+    await raw(broker).delete(f"{broker.keys.prefix}:alive:someone")
+    assert not await broker.reap_consumer("old", "g", "someone", 60_000)  # read too lately: kept
+    assert await broker.reap_consumer("old", "g", "someone", 0)
     assert await broker.group_consumers("old") == []

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RelayFactory
-from tests.support import Instance, publish_all, recv_json, timeout, wait_until
+from tests.support import Instance, RedisServer, publish_all, recv_json, timeout, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -158,3 +158,20 @@ async def test_group_started_from_zero_gets_what_was_published_before(relay: Rel
     async with member(a, "backlog", "newer") as ws:  # created at $: only what comes next
         later = await publish_all(f"{a.ws}/ws/producer/backlog", ["next"])
         assert (await recv_json(ws))["id"] == later[0]
+
+
+async def test_a_group_lost_with_redis_data_is_made_again_and_skips_nothing(
+    relay: RelayFactory, redis_server: RedisServer
+) -> None:
+    redis_server.start()
+    a = relay(redis_url=redis_server.url, group_claim_idle_ms="300").start()
+    async with member(a, "fragile", "g", prefetch=3) as ws:
+        held = await publish_all(f"{a.ws}/ws/producer/fragile", ["before"])
+        assert (await recv_json(ws))["id"] == held[0]  # held, not acked
+        redis_server.client().flushall()  # Redis lost everything: stream and group
+        ids = await publish_all(f"{a.ws}/ws/producer/fragile", ["after-1", "after-2", "after-3"])
+        got = [await recv_json(ws, within=10) for _ in range(2)]
+        await ack(ws, held[0])  # an ack for an entry Redis forgot: harmless
+        await ack(ws, got[0]["id"])
+        got.append(await recv_json(ws, within=10))
+        assert [f["id"] for f in got] == ids

@@ -119,7 +119,9 @@ async def test_the_janitor_removes_consumers_of_dead_processes_only(
     redis_client.set(f"{prefix}:alive:alive-1", "1", px=60_000)
     assert members_of(redis_client, key, "g") == {"holder-gone", "gone-1", "gone-2", "alive-1"}
 
-    janitor = worker("janitor", ["janitor", "--once"], redis_url=redis_url, key_prefix=prefix)
+    janitor = worker(
+        "janitor", ["janitor", "--once"], redis_url=redis_url, key_prefix=prefix, janitor_reap_idle_ms="0"
+    )
     assert janitor.wait_exit(20) == 0
     assert members_of(redis_client, key, "g") == {"holder-gone", "alive-1"}
     assert "removed consumer 'gone-1'" in janitor.log()
@@ -139,6 +141,7 @@ async def test_two_janitors_share_the_work_without_doing_it_twice(
             redis_url=redis_url,
             key_prefix=prefix,
             janitor_interval="0.2",
+            janitor_reap_idle_ms="0",
         )
         for n in range(2)
     ]
@@ -172,3 +175,15 @@ async def test_the_janitor_applies_the_age_limit_to_quiet_channels(
     assert redis_client.xlen(f"{prefix}:{{quiet}}") == 0
     assert redis_client.get(f"{prefix}:{{quiet}}:trimmed") == old[-1]  # resuming consumers hear of the gap
     assert "removed 2 entries" in janitor.log()
+
+
+async def test_a_message_no_handler_can_read_ends_in_the_dead_letters(
+    relay: RelayFactory, runner: WorkerFactory, redis_client: redis.Redis, prefix: str
+) -> None:
+    key = f"{prefix}:{{tasks}}"
+    bad = redis_client.xadd(key, {"data": "not json"})  # written by hand, not through the relay
+    good = redis_client.xadd(key, {"data": '{"n": 1}'})
+    runner("r1", "flaky", group_max_deliveries="2")
+    wait_until(lambda: redis_client.xlen(f"{key}:dead") == 1, 20, "the unreadable message to be buried")
+    assert redis_client.xrange(f"{key}:dead")[0][1]["id"] == bad
+    wait_until(lambda: redis_client.sismember(f"{prefix}:done", good), 10, "the good one to be done")
