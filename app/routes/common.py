@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import cast
 
 from starlette.requests import HTTPConnection
@@ -51,3 +53,25 @@ async def admit(websocket: WebSocket, channel: str, from_: str | None = None) ->
 
 
 DRAINING_DETAIL = "this instance is draining; connect to another one"
+
+
+class FloodGuard:
+    """Counts a client's bad frames: more than ``limit`` within ``seconds`` is a flood."""
+
+    __slots__ = ("_seconds", "_times")
+
+    def __init__(self, limit: int = 32, seconds: float = 10.0) -> None:
+        self._times: deque[float] = deque(maxlen=limit)
+        self._seconds = seconds
+
+    def flooding(self) -> bool:
+        """Record one bad frame; True when this one is over the limit."""
+        now = time.monotonic()
+        full = len(self._times) == self._times.maxlen
+        if full and now - self._times[0] < self._seconds:
+            return True
+        self._times.append(now)
+        return False
+
+
+FLOOD_REASON = "too many frames that could not be accepted; fix the client"

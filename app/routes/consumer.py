@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Final
 
 from fastapi import APIRouter, Query, WebSocket
 from redis.backoff import ExponentialWithJitterBackoff
@@ -19,15 +18,13 @@ from starlette.websockets import WebSocketDisconnect
 from app import metrics, protocol, streamid
 from app.errors import BrokerError
 from app.protocol import Close, ErrorCode
-from app.routes.common import admit, refuse, relay_of
+from app.routes.common import FLOOD_REASON, FloodGuard, admit, refuse, relay_of
 from app.routes.members import serve_member
 from app.subscription import Subscription
 from app.wakeup import Wakeup
 
 router = APIRouter()
 log = logging.getLogger("relay.consumer")
-
-_UNEXPECTED_LIMIT: Final = 32  # client frames awaiting their error reply before the connection is closed
 
 
 @router.websocket("/ws/consumer/{channel}")
@@ -66,6 +63,7 @@ class ConsumerConnection:
         self.websocket = websocket
         self.wake = Wakeup()
         self._control: deque[str] = deque()
+        self._flood = FloodGuard()
         self._closing = asyncio.Event()
         self._close: tuple[int, str] | None = None
 
@@ -126,8 +124,8 @@ class ConsumerConnection:
             if message["type"] == "websocket.disconnect":
                 self._stop()  # the client is gone: stop writing, send no close frame
                 return
-            if len(self._control) >= _UNEXPECTED_LIMIT:  # faster than the answers can go out
-                self.request_close(Close.POLICY, "consumers send no frames in fan-out mode")
+            if self._flood.flooding():
+                self.request_close(Close.POLICY, FLOOD_REASON)
                 return
             metrics.ERRORS.labels(ErrorCode.UNEXPECTED_FRAME).inc()
             self._control.append(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Final
+from typing import Any
 
 import orjson
 from fastapi import WebSocket
@@ -22,12 +22,10 @@ from app.errors import BrokerError, ProtocolError
 from app.groups import Membership
 from app.lifecycle import Relay
 from app.protocol import Close, ErrorCode
-from app.routes.common import refuse
+from app.routes.common import FLOOD_REASON, FloodGuard, refuse
 from app.wakeup import Wakeup
 
 log = logging.getLogger("relay.members")
-
-_CONTROL_LIMIT: Final = 32  # error replies waiting to go out before a flooding member is closed
 
 
 async def serve_member(websocket: WebSocket, relay: Relay, channel: str, position: protocol.Position) -> None:
@@ -61,6 +59,7 @@ class GroupMember:
         self.prefetch = prefetch
         self._out: deque[Delivery] = deque()  # at most prefetch: the reader gives no more
         self._control: deque[str] = deque()
+        self._flood = FloodGuard()
         self._wake = Wakeup()
         self._closing = asyncio.Event()
         self._close: tuple[int, str] | None = None
@@ -71,7 +70,7 @@ class GroupMember:
 
     def ack_failed(self, ids: list[str], error: BrokerError) -> None:
         detail = f"ack of {', '.join(ids[:5])} not recorded ({error}); delivered again after the idle time"
-        self._answer(ErrorCode.UNAVAILABLE, detail)
+        self._answer(ErrorCode.UNAVAILABLE, detail, flood=False)
 
     def request_close(self, code: int, reason: str) -> None:
         if not self._closing.is_set():
@@ -121,9 +120,10 @@ class GroupMember:
             if error is not None:
                 self._answer(*error)
 
-    def _answer(self, code: ErrorCode, detail: str) -> None:
-        if len(self._control) >= _CONTROL_LIMIT:
-            self.request_close(Close.POLICY, "too many frames that could not be answered in time")
+    def _answer(self, code: ErrorCode, detail: str, *, flood: bool = True) -> None:
+        """Queue an error frame; ``flood``: it answers a bad frame of the member's, which counts."""
+        if flood and self._flood.flooding():
+            self.request_close(Close.POLICY, FLOOD_REASON)
             return
         metrics.ERRORS.labels(code).inc()
         self._control.append(protocol.error_frame(code, detail))
