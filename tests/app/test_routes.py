@@ -160,3 +160,22 @@ def test_a_group_member_gets_each_message_once_and_acks(client: TestClient) -> N
         assert member.receive_json()["code"] == "invalid_json"
         member.send_json({"type": "ack", "id": ids[0]})  # room for the third
         assert member.receive_json()["id"] == ids[2]
+
+
+def test_a_member_cannot_ack_what_another_member_holds(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/ws/consumer/shared?group=g&prefetch=1") as one,
+        client.websocket_connect("/ws/consumer/shared?group=g&prefetch=1") as two,
+    ):
+        one.receive_json(), two.receive_json()
+        client.post("/channels/shared/messages", content='"a"')
+        client.post("/channels/shared/messages", content='"b"')
+        held_by_one, held_by_two = one.receive_json()["id"], two.receive_json()["id"]
+        one.send_json({"type": "ack", "id": held_by_two})
+        assert one.receive_json()["code"] == "unknown_id"  # and two still holds it:
+        two.send_json({"type": "ack", "id": held_by_two})
+        one.send_json({"type": "ack", "id": held_by_one})
+        client.post("/channels/shared/messages", content='"c"')
+        client.post("/channels/shared/messages", content='"d"')
+        # both acks counted: each member has room for exactly one of the next two
+        assert {one.receive_json()["data"], two.receive_json()["data"]} == {"c", "d"}
