@@ -129,7 +129,8 @@ class GroupReader:
         self._wake.set()
 
     async def close(self) -> None:
-        """Stop the loop: at its next turn (woken now), or by cancellation, whichever comes first."""
+        """Stop the loop: at its next turn (woken now), or by cancellation, whichever comes first.
+        Acks members sent before they left still go to Redis."""
         self._closed = True
         self._wake.set()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -137,6 +138,8 @@ class GroupReader:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        with contextlib.suppress(BrokerError, TimeoutError):
+            await asyncio.wait_for(self.send_acks(), self._manager.settings.redis_timeout)
 
     # -- the loop ---------------------------------------------------------------------------------
 

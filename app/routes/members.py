@@ -7,23 +7,21 @@ The member receives ``message`` frames carrying ``delivery`` and answers each wi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from typing import Any
 
 import orjson
 from fastapi import WebSocket
-from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol
 from app.broker import Delivery
 from app.errors import BrokerError, ProtocolError
 from app.groups import Membership
 from app.lifecycle import Relay
-from app.protocol import Close, ErrorCode
-from app.routes.common import FLOOD_REASON, FloodGuard, refuse
-from app.wakeup import Wakeup
+from app.protocol import ErrorCode
+from app.routes.common import refuse
+from app.routes.connection import Connection
 
 log = logging.getLogger("relay.members")
 
@@ -50,87 +48,51 @@ async def serve_member(websocket: WebSocket, relay: Relay, channel: str, positio
         manager.leave(membership)
 
 
-class GroupMember:
+class GroupMember(Connection):
     """One WebSocket member of a group: a :class:`app.groups.Member`."""
 
+    role = "member"
+
     def __init__(self, websocket: WebSocket, channel: str, prefetch: int) -> None:
-        self.websocket = websocket
+        super().__init__(websocket)
         self.channel = channel
         self.prefetch = prefetch
         self._out: deque[Delivery] = deque()  # at most prefetch: the reader gives no more
-        self._control: deque[str] = deque()
-        self._flood = FloodGuard()
-        self._wake = Wakeup()
-        self._closing = asyncio.Event()
-        self._close: tuple[int, str] | None = None
+        self._membership: Membership | None = None
 
     def deliver(self, deliveries: list[Delivery]) -> None:
         self._out.extend(deliveries)
-        self._wake.set()
+        self.wake.set()
 
     def ack_failed(self, ids: list[str], error: BrokerError) -> None:
         detail = f"ack of {', '.join(ids[:5])} not recorded ({error}); delivered again after the idle time"
-        self._answer(ErrorCode.UNAVAILABLE, detail, flood=False)
-
-    def request_close(self, code: int, reason: str) -> None:
-        if not self._closing.is_set():
-            self._close = (code, reason)
-            self._stop()
-
-    def _stop(self) -> None:
-        self._closing.set()
-        self._wake.set()
+        self.answer(ErrorCode.UNAVAILABLE, detail, flood=False)
 
     async def run(self, membership: Membership, group: str) -> None:
-        websocket = self.websocket
-        await websocket.accept()
-        metrics.CONNECTIONS.labels("member").inc()
-        reader = asyncio.create_task(self._read(membership))
-        try:
-            await websocket.send_text(protocol.group_subscribed_frame(self.channel, group))
-            await self._write()
-            if self._close is not None:
-                await websocket.close(*self._close)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            reader.cancel()
-            metrics.CONNECTIONS.labels("member").dec()
+        self._membership = membership
+        await self.serve(protocol.group_subscribed_frame(self.channel, group))
 
-    async def _write(self) -> None:
+    async def write(self) -> None:
         websocket, channel = self.websocket, self.channel
-        while not self._closing.is_set():
-            while self._control:
-                await websocket.send_text(self._control.popleft())
+        while not self.closing:
+            await self.send_answers()
             if not self._out:
-                await self._wake.wait()
+                await self.wake.wait()
                 continue
             delivery = self._out.popleft()
             frame = protocol.group_message_frame(delivery.entry_id, channel, delivery.data, delivery.count)
             await websocket.send_text(frame)
             metrics.DELIVERED.inc()
 
-    async def _read(self, membership: Membership) -> None:
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                self._stop()  # gone: what it held is delivered again after the idle time
-                return
-            error = self._handle(membership, message)
-            if error is not None:
-                self._answer(*error)
+    def on_frame(self, message: Any) -> None:
+        error = self._ack(message)
+        if error is not None:
+            self.answer(*error)
 
-    def _answer(self, code: ErrorCode, detail: str, *, flood: bool = True) -> None:
-        """Queue an error frame; ``flood``: it answers a bad frame of the member's, which counts."""
-        if flood and self._flood.flooding():
-            self.request_close(Close.POLICY, FLOOD_REASON)
-            return
-        metrics.ERRORS.labels(code).inc()
-        self._control.append(protocol.error_frame(code, detail))
-        self._wake.set()
-
-    def _handle(self, membership: Membership, message: Any) -> tuple[ErrorCode, str] | None:
+    def _ack(self, message: Any) -> tuple[ErrorCode, str] | None:
         """Act on one frame from the member; the error to answer with, if any."""
+        membership = self._membership
+        assert membership is not None
         text = message.get("text")
         if text is None:
             return ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary"
