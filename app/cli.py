@@ -118,3 +118,74 @@ def run(target: str, channel: str, group: str, concurrency: int, from_: str, gra
     except (ConfigError, ProtocolError) as exc:
         click.echo(f"relay worker run: {exc}", err=True)
         sys.exit(2)
+
+
+_URL = click.option(
+    "--url",
+    envvar="RELAY_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The relay (an instance or the load balancer)  [env RELAY_URL]",
+)
+
+
+@main.command()
+@click.argument("channel")
+@click.argument("message", required=False)
+@_URL
+@click.option(
+    "--window", type=click.IntRange(1, 10_000), default=64, show_default=True, help="Messages in flight."
+)
+@click.option(
+    "--attempts",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Tries per message while unavailable.",
+)
+def publish(channel: str, message: str | None, url: str, window: int, attempts: int) -> None:
+    """Publish MESSAGE (one JSON value) to CHANNEL, or, without MESSAGE, each line of standard
+    input (NDJSON). Prints one {"id": ...} line per message, in order.
+
+    Every message carries an idempotency key: one whose answer was lost is sent again and still
+    stored once. Exit status: 0 all stored, 1 some not stored, 2 bad input or refused.
+    """
+    import asyncio
+
+    from app import commands
+
+    sys.exit(asyncio.run(commands.publish(url, channel, message, window, attempts)))
+
+
+@main.command()
+@click.argument("channel")
+@_URL
+@click.option("--from", "from_", default=None, help="Start after this id; 0 for everything retained.")
+@click.option("--group", default=None, help="Consume as a member of this consumer group (acks each line).")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many messages.")
+def tail(channel: str, url: str, from_: str | None, group: str | None, count: int | None) -> None:
+    """Print CHANNEL's messages as NDJSON, following it; reconnects and resumes by itself.
+
+    Each line is {"id", "channel", "data"} (and "delivery" with --group); a gap in the channel is
+    a line {"gap": {"from", "next"}}. Exit status: 0 after --count messages, 2 when refused.
+    """
+    import asyncio
+
+    from app import commands
+
+    try:
+        sys.exit(asyncio.run(commands.tail(url, channel, from_, group, count)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@_URL
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def channels(url: str, as_json: bool) -> None:
+    """List channels: name, length, first and last id, consumer groups."""
+    import asyncio
+
+    from app import commands
+
+    sys.exit(asyncio.run(commands.channels(url, as_json)))

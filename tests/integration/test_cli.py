@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.conftest import base_env
-from tests.support import Instance, consumer, publish_all, recv_messages, timeout
+from tests.conftest import RelayFactory, base_env
+from tests.support import Instance, consumer, free_port, publish_all, recv_messages, timeout, wait_until
 
 pytestmark = [pytest.mark.processes]
 
@@ -52,3 +54,77 @@ def test_invalid_settings_stop_start_up_with_a_clear_message() -> None:
     assert result.returncode == 2
     assert "stream_maxlen" in result.stderr
     assert "key_prefix" in result.stderr
+
+
+def relay_command(
+    *args: str, stdin: str | None = None, within: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=base_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout(within),
+    )
+
+
+@pytest.mark.redis
+def test_publish_tail_and_channels_as_a_user_runs_them(relay: RelayFactory) -> None:
+    a = relay().start()
+    one = relay_command("publish", "orders", '{"order": 1}', "--url", a.http)
+    assert one.returncode == 0, one.stderr
+    first = json.loads(one.stdout)["id"]
+    many = relay_command("publish", "orders", "--url", a.http, stdin='{"order": 2}\n\n[3]\n"four"\n')
+    assert many.returncode == 0, many.stderr
+    ids = [first] + [json.loads(line)["id"] for line in many.stdout.splitlines()]
+    assert len(ids) == 4
+
+    tail = relay_command("tail", "orders", "--from", "0", "--count", "4", "--url", a.http)
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [(line["id"], line["data"]) for line in lines] == list(
+        zip(ids, [{"order": 1}, {"order": 2}, [3], "four"], strict=True)
+    )
+
+    listing = relay_command("channels", "--url", a.http)
+    assert listing.returncode == 0
+    assert listing.stdout.splitlines()[0].split() == ["NAME", "LENGTH", "FIRST", "ID", "LAST", "ID", "GROUPS"]
+    assert ["orders", "4", ids[0], ids[-1], "0"] in [row.split() for row in listing.stdout.splitlines()]
+    as_json = [
+        json.loads(line) for line in relay_command("channels", "--json", "--url", a.http).stdout.splitlines()
+    ]
+    assert {"name": "orders", "length": 4, "first_id": ids[0], "last_id": ids[-1], "groups": 0} in as_json
+
+
+@pytest.mark.redis
+def test_tail_with_a_group_acknowledges_what_it_prints(
+    relay: RelayFactory, redis_client: redis.Redis, prefix: str
+) -> None:
+    a = relay().start()
+    relay_command("publish", "jobs", "--url", a.http, stdin="1\n2\n3\n")
+    tail = relay_command(
+        "tail", "jobs", "--group", "printers", "--from", "0", "--count", "3", "--url", a.http
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert [json.loads(line)["delivery"] for line in tail.stdout.splitlines()] == [1, 1, 1]
+    wait_until(lambda: redis_client.xpending(f"{prefix}:{{jobs}}", "printers")["pending"] == 0, 5, "the acks")
+
+
+@pytest.mark.redis
+def test_exit_statuses_scripts_can_rely_on(relay: RelayFactory) -> None:
+    a = relay().start()
+    bad_json = relay_command("publish", "c", "{nope", "--url", a.http)
+    assert bad_json.returncode == 2
+    assert "not JSON" in bad_json.stderr
+    bad_channel = relay_command("publish", "bad name", "1", "--url", a.http)
+    assert bad_channel.returncode == 2
+    assert "invalid_channel" in bad_channel.stderr
+    refused = relay_command("tail", "bad name", "--url", a.http)
+    assert refused.returncode == 2
+    assert "invalid_channel" in refused.stderr
+    nobody = relay_command("publish", "c", "1", "--attempts", "2", "--url", f"http://127.0.0.1:{free_port()}")
+    assert nobody.returncode == 1
+    assert "not stored" in nobody.stdout
+    unreachable = relay_command("channels", "--url", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 3

@@ -1,0 +1,80 @@
+"""The client library (app.client) against real instances: resume, gaps, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+import redis
+
+from app.client import ClientError, Consumer, Gap, Message, Producer
+from tests.conftest import RelayFactory
+from tests.support import publish_all, stream_ids, timeout
+
+pytestmark = [pytest.mark.redis, pytest.mark.processes]
+
+
+async def take(consumer: Consumer, count: int, into: list[Message | Gap]) -> None:
+    async for event in consumer:
+        into.append(event)
+        if len(into) >= count:
+            return
+
+
+async def test_the_consumer_resumes_across_an_instance_restart(relay: RelayFactory) -> None:
+    a = relay(drain_grace="0").start()
+    consumer = Consumer(a.http, "restarts", max_backoff=0.3)
+    got: list[Message | Gap] = []
+    reading = asyncio.create_task(take(consumer, 20, got))
+    async with asyncio.timeout(timeout(10)):
+        while consumer.position is None:  # noqa: ASYNC110 - the client has no event for it
+            await asyncio.sleep(0.02)
+    first = await publish_all(f"{a.ws}/ws/producer/restarts", list(range(10)))
+    async with asyncio.timeout(timeout(10)):
+        while len(got) < 10:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    a.signal(signal.SIGTERM)
+    a.wait_exit(10)
+    second = await asyncio.to_thread(lambda: a.start())  # the same port: the consumer finds it again
+    assert second is a
+    later = await publish_all(f"{a.ws}/ws/producer/restarts", list(range(10, 20)))
+    await asyncio.wait_for(reading, timeout(20))
+    assert [e.id for e in got if isinstance(e, Message)] == first + later
+    assert consumer.reconnects >= 1
+
+
+async def test_gaps_reach_the_caller(relay: RelayFactory) -> None:
+    a = relay(stream_maxlen="10").start()
+    ids = await publish_all(f"{a.ws}/ws/producer/short", list(range(100)))
+    got: list[Message | Gap] = []
+    await asyncio.wait_for(take(Consumer(a.http, "short", from_=ids[0]), 2, got), timeout(10))
+    gap, message = got
+    assert isinstance(gap, Gap)
+    assert isinstance(message, Message)
+    assert (gap.after, gap.next) == (ids[0], message.id)
+
+
+async def test_the_producer_stores_each_message_once_across_a_restart(
+    relay: RelayFactory, redis_client: redis.Redis, prefix: str
+) -> None:
+    a = relay(drain_grace="0").start()
+    async with Producer(a.http, "once", window=8, max_backoff=0.2) as producer:
+        tasks = [asyncio.create_task(producer.publish({"n": n})) for n in range(200)]
+        await asyncio.sleep(0)  # let the first requests go out
+        a.signal(signal.SIGKILL)  # answers lost mid-flight
+        a.wait_exit(10)
+        await asyncio.to_thread(a.start)
+        ids = await asyncio.wait_for(asyncio.gather(*tasks), timeout(30))
+    stored = stream_ids(redis_client, f"{prefix}:{{once}}")
+    assert len(ids) == len(set(ids)) == 200
+    assert sorted(stored) == sorted(ids)  # no duplicate from a resend
+
+
+async def test_a_refusal_is_an_error_not_a_retry(relay: RelayFactory) -> None:
+    a = relay().start()
+    with pytest.raises(ClientError, match="invalid_channel"):
+        await asyncio.wait_for(take(Consumer(a.http, "bad name"), 1, []), timeout(5))
+    async with Producer(a.http, "bad name") as producer:
+        with pytest.raises(ClientError, match="invalid_channel"):
+            await producer.publish(1)
