@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -129,13 +131,28 @@ _URL = click.option(
 )
 
 
+def _client_command(run: Callable[[], Coroutine[Any, Any, int]], url: str) -> None:
+    """Run a client command: warnings (reconnects) on stderr, its exit status, 130 on Ctrl-C."""
+    import asyncio
+    import logging
+
+    from app import commands
+
+    problem = commands.check_url(url)
+    if problem is not None:
+        click.echo(f"relay: {problem}", err=True)
+        sys.exit(commands.REFUSED)
+    logging.basicConfig(level=logging.WARNING, format="relay: %(message)s")
+    try:
+        sys.exit(asyncio.run(run()))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 @main.command()
 @click.argument("channel")
 @click.argument("message", required=False)
 @_URL
-@click.option(
-    "--window", type=click.IntRange(1, 10_000), default=64, show_default=True, help="Messages in flight."
-)
 @click.option(
     "--attempts",
     type=click.IntRange(1),
@@ -143,18 +160,17 @@ _URL = click.option(
     show_default=True,
     help="Tries per message while unavailable.",
 )
-def publish(channel: str, message: str | None, url: str, window: int, attempts: int) -> None:
+def publish(channel: str, message: str | None, url: str, attempts: int) -> None:
     """Publish MESSAGE (one JSON value) to CHANNEL, or, without MESSAGE, each line of standard
-    input (NDJSON). Prints one {"id": ...} line per message, in order.
+    input (NDJSON), in order. Prints one {"id": ...} line per message stored.
 
     Every message carries an idempotency key: one whose answer was lost is sent again and still
-    stored once. Exit status: 0 all stored, 1 some not stored, 2 bad input or refused.
+    stored once. Exit status: 0 all stored; 2 refused or a line that is not JSON; 3 the relay
+    stayed unavailable. It stops at the first line it cannot store: the lines before it are stored.
     """
-    import asyncio
-
     from app import commands
 
-    sys.exit(asyncio.run(commands.publish(url, channel, message, window, attempts)))
+    _client_command(lambda: commands.publish(url, channel, message, attempts), url)
 
 
 @main.command()
@@ -163,20 +179,25 @@ def publish(channel: str, message: str | None, url: str, window: int, attempts: 
 @click.option("--from", "from_", default=None, help="Start after this id; 0 for everything retained.")
 @click.option("--group", default=None, help="Consume as a member of this consumer group (acks each line).")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many messages.")
-def tail(channel: str, url: str, from_: str | None, group: str | None, count: int | None) -> None:
+@click.option(
+    "--give-up",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Exit 3 after this many seconds without a connection (0: never).",
+)
+def tail(
+    channel: str, url: str, from_: str | None, group: str | None, count: int | None, give_up: float
+) -> None:
     """Print CHANNEL's messages as NDJSON, following it; reconnects and resumes by itself.
 
     Each line is {"id", "channel", "data"} (and "delivery" with --group); a gap in the channel is
-    a line {"gap": {"from", "next"}}. Exit status: 0 after --count messages, 2 when refused.
+    a line {"gap": {"from", "next"}}. Exit status: 0 after --count messages, 2 when refused,
+    3 when the relay stays unreachable, 130 on Ctrl-C.
     """
-    import asyncio
-
     from app import commands
 
-    try:
-        sys.exit(asyncio.run(commands.tail(url, channel, from_, group, count)))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None), url)
 
 
 @main.command()
@@ -184,8 +205,6 @@ def tail(channel: str, url: str, from_: str | None, group: str | None, count: in
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def channels(url: str, as_json: bool) -> None:
     """List channels: name, length, first and last id, consumer groups."""
-    import asyncio
-
     from app import commands
 
-    sys.exit(asyncio.run(commands.channels(url, as_json)))
+    _client_command(lambda: commands.channels(url, as_json), url)

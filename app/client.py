@@ -20,8 +20,12 @@ caller sees every message once, in order; ``Gap`` events are passed on, never sw
 next one (or explicitly with :meth:`Consumer.ack`).
 
 **Producer**: publishes over HTTP with an ``Idempotency-Key`` per message, at most ``window``
-messages in flight (``publish`` waits for room: backpressure). A message whose answer was lost is
-sent again with the same key until it is acknowledged, so it is stored exactly once.
+messages in flight (``publish`` waits for room: backpressure). A message whose answer was lost
+(a dropped connection, a timeout, a 502/503/504 from the relay or the balancer) is sent again with
+the same key until it is acknowledged, so it is stored exactly once. Messages published one after
+the other (each awaited) are stored in that order; concurrent ``publish`` calls may be
+stored in any order. Each key stays in Redis for ``RELAY_IDEMPOTENCY_TTL`` (see
+docs/operating.md, retention sizing).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,10 +44,16 @@ from urllib.parse import quote, urlencode
 import httpx2
 from redis.backoff import ExponentialWithJitterBackoff
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 RETRY_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013})
 """Close codes after which the consumer reconnects (others mean: fix the client)."""
+RETRY_STATUSES: Final = frozenset({502, 503, 504})
+"""HTTP answers worth trying again: the relay (or the balancer in front) is busy or changing."""
+MAX_FRAME: Final = 32 * 1024 * 1024  # above any RELAY_MAX_MESSAGE_BYTES
+_HARMLESS: Final = frozenset({"unavailable", "unknown_id"})  # error frames that do not end a consumer
+
+log = logging.getLogger("relay.client")
 
 
 class ClientError(Exception):
@@ -51,6 +62,10 @@ class ClientError(Exception):
 
 class NotStored(ClientError):
     """The relay stayed unavailable for every attempt: the message is not known to be stored."""
+
+
+class Unreachable(ClientError):
+    """No connection to the relay could be made for longer than the caller allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +102,13 @@ def http_url(base: str) -> str:
 
 
 class Consumer:
-    """Iterate over a channel's messages (and gaps); reconnects and resumes by itself."""
+    """Iterate over a channel's messages (and gaps); reconnects and resumes by itself.
+
+    ``give_up_after``: raise :class:`Unreachable` when no connection has succeeded for this many
+    seconds (None: keep trying for ever). In group mode a message is acknowledged when the caller
+    asks for the next one, or earlier with :meth:`ack`; one the caller never came back for is
+    delivered again (to some member) after the relay's claim idle time.
+    """
 
     def __init__(
         self,
@@ -98,13 +119,16 @@ class Consumer:
         group: str | None = None,
         prefetch: int | None = None,
         max_backoff: float = 5.0,
+        give_up_after: float | None = None,
     ) -> None:
         self._base = websocket_url(url.rstrip("/"))
         self.channel = channel
-        self._position = from_  # after this id (None: from now)
+        self._position = None if from_ == "$" else from_  # after this id (None: from now)
         self._group = group
         self._prefetch = prefetch
+        self._max_backoff = max_backoff
         self._backoff = ExponentialWithJitterBackoff(base=0.1, cap=max_backoff)
+        self._give_up_after = give_up_after
         self._ws: ClientConnection | None = None
         self._unacked: str | None = None
         self.reconnects = 0
@@ -127,38 +151,47 @@ class Consumer:
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge a group message now (otherwise done when the next one is asked for)."""
-        if self._ws is not None:
-            await self._ws.send(json.dumps({"type": "ack", "id": entry_id}))
         if self._unacked == entry_id:
             self._unacked = None
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionClosed):  # it comes back after the idle time
+                await self._ws.send(json.dumps({"type": "ack", "id": entry_id}))
 
     async def __aiter__(self) -> AsyncIterator[Message | Gap]:
+        loop = asyncio.get_running_loop()
         failures = 0
+        last_success = loop.time()
         while True:
+            started = loop.time()
+            reason = "the relay closed the connection"
             try:
-                async with connect(self._url(), open_timeout=10, ping_interval=20) as ws:
+                async with connect(self._url(), open_timeout=10, ping_interval=20, max_size=MAX_FRAME) as ws:
                     self._ws = ws
+                    self._unacked = None  # a new connection: what was held is the relay's to redeliver
                     await self._subscribed(ws)
-                    failures = 0
+                    last_success = loop.time()
                     async for event in self._events(ws):
                         yield event
-            except InvalidStatus as exc:
-                if exc.response.status_code != 503:
-                    raise ClientError(_refusal(exc)) from exc
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else 1006
-                if code not in RETRY_CLOSE_CODES:
-                    raise ClientError(
-                        f"the relay closed the connection: {code} {exc.rcvd and exc.rcvd.reason}"
-                    ) from exc
-            except InvalidURI as exc:
-                raise ClientError(str(exc)) from exc
-            except (OSError, TimeoutError):
-                pass  # the instance is gone or unreachable: try again
+                        if self._unacked is not None:  # the caller asks for the next: done with this one
+                            await self.ack(self._unacked)
+            except (
+                InvalidStatus,
+                ConnectionClosed,
+                InvalidURI,
+                InvalidHandshake,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                reason = _retryable(exc)
+                log.warning("%s; reconnecting", reason)
             finally:
                 self._ws = None
+            if loop.time() - started > 2 * self._max_backoff:
+                failures = 0  # it had been up a while: start the backoff again from the beginning
             failures += 1
             self.reconnects += 1
+            if self._give_up_after is not None and loop.time() - last_success > self._give_up_after:
+                raise Unreachable(f"no connection to {self._base} for {self._give_up_after:g}s ({reason})")
             await asyncio.sleep(self._backoff.compute(failures))
 
     async def _subscribed(self, ws: ClientConnection) -> None:
@@ -173,8 +206,6 @@ class Consumer:
             frame = json.loads(raw)
             kind = frame.get("type")
             if kind == "message":
-                if self._unacked is not None:
-                    await self.ack(self._unacked)
                 message = Message(frame["id"], frame["channel"], frame["data"], frame.get("delivery", 1))
                 if self._group is None:
                     self._position = message.id
@@ -183,8 +214,28 @@ class Consumer:
                 yield message
             elif kind == "gap":
                 yield Gap(frame["from"], frame["next"])
-            elif kind == "error":
+            elif kind == "error" and frame.get("code") not in _HARMLESS:
                 raise ClientError(f"{frame.get('code')}: {frame.get('detail')}")
+            elif kind == "error":
+                log.warning("relay: %s: %s", frame.get("code"), frame.get("detail"))
+
+
+def _retryable(exc: Exception) -> str:
+    """Why the connection ended, if trying again may succeed; else raise ClientError."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in RETRY_STATUSES:
+            return f"refused with {status}"
+        raise ClientError(_refusal(exc)) from exc
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd is not None else 1006
+        if code in RETRY_CLOSE_CODES:
+            return f"connection closed ({code})"
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        raise ClientError(f"the relay closed the connection: {code} {reason}") from exc
+    if isinstance(exc, InvalidURI):
+        raise ClientError(str(exc)) from exc
+    return f"cannot connect ({type(exc).__name__}: {exc})"  # gone, unreachable, or cut mid-handshake
 
 
 class Producer:
@@ -230,7 +281,7 @@ class Producer:
                 )
                 if response.status_code == 201:
                     return str(response.json()["id"])
-                if response.status_code != 503:
+                if response.status_code not in RETRY_STATUSES:
                     raise ClientError(_error_of(response))
             await asyncio.sleep(backoff.compute(attempt))
         raise NotStored(f"not stored after {self._attempts} attempts (the relay stayed unavailable)")

@@ -112,19 +112,26 @@ def test_tail_with_a_group_acknowledges_what_it_prints(
 
 
 @pytest.mark.redis
-def test_exit_statuses_scripts_can_rely_on(relay: RelayFactory) -> None:
+def test_exit_statuses_scripts_can_rely_on(
+    relay: RelayFactory, redis_client: redis.Redis, prefix: str
+) -> None:
     a = relay().start()
-    bad_json = relay_command("publish", "c", "{nope", "--url", a.http)
+    bad_json = relay_command("publish", "c", "--url", a.http, stdin="1\n\n{nope\n2\n")
     assert bad_json.returncode == 2
-    assert "not JSON" in bad_json.stderr
+    assert "line 3 is not JSON" in bad_json.stderr  # numbered as the user sees the input
+    assert len(bad_json.stdout.splitlines()) == 1  # the line before it was stored, the one after not
+    assert redis_client.xlen(f"{prefix}:{{c}}") == 1
     bad_channel = relay_command("publish", "bad name", "1", "--url", a.http)
     assert bad_channel.returncode == 2
     assert "invalid_channel" in bad_channel.stderr
     refused = relay_command("tail", "bad name", "--url", a.http)
     assert refused.returncode == 2
     assert "invalid_channel" in refused.stderr
-    nobody = relay_command("publish", "c", "1", "--attempts", "2", "--url", f"http://127.0.0.1:{free_port()}")
-    assert nobody.returncode == 1
-    assert "not stored" in nobody.stdout
-    unreachable = relay_command("channels", "--url", f"http://127.0.0.1:{free_port()}")
-    assert unreachable.returncode == 3
+    no_scheme = relay_command("channels", "--url", f"127.0.0.1:{a.port}")
+    assert no_scheme.returncode == 2
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    nobody = relay_command("publish", "c", "1", "--attempts", "2", "--url", nowhere)
+    assert nobody.returncode == 3
+    assert "not stored" in nobody.stderr
+    assert relay_command("tail", "c", "--give-up", "1", "--url", nowhere).returncode == 3
+    assert relay_command("channels", "--url", nowhere).returncode == 3
