@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -27,7 +28,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from app import streamid
+from app import metrics, streamid
 from app.broker import (
     BrokerListener,
     ChannelInfo,
@@ -148,7 +149,7 @@ class RedisBroker:
     async def ping(self) -> None:
         if not self._pubsub.connected:
             raise BrokerUnavailable("the Pub/Sub connection to Redis is down")
-        await _checked(self._read.ping())
+        await _checked(self._read.ping(), "ping")
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -167,10 +168,10 @@ class RedisBroker:
         for request in requests:
             pipe.execute_command("EVALSHA", _PUBLISH_SHA, *self._publish_keys_and_args(request))
         try:
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except _UNAVAILABLE as exc:
+            replies: list[Any] = await _checked(pipe.execute(raise_on_error=False), "publish")
+        except BrokerUnavailable:
             self._script_loaded = False  # a new connection may mean a restarted Redis
-            raise BrokerUnavailable(f"Redis did not answer the publish: {_describe(exc)}") from exc
+            raise
         replies = replies[1:] if load else replies
         self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
         return replies
@@ -193,7 +194,7 @@ class RedisBroker:
         pipe.get(self._keys.trimmed(channel))
         pipe.xrange(self._keys.stream(channel), f"({streamid.format_id(after)}", end, count=count)
         pipe.exists(self._keys.stream(channel))
-        watermark, raw, exists = await _checked(pipe.execute())
+        watermark, raw, exists = await _checked(pipe.execute(), "read")
         lost_until = None
         if report_gap and watermark is not None:
             trimmed = streamid.validate(str(watermark))  # None if someone else wrote the key
@@ -203,7 +204,7 @@ class RedisBroker:
         return Page(entries, lost_until, bool(exists))
 
     async def last_id(self, channel: str) -> StreamId:
-        raw = await _checked(self._read.xrevrange(self._keys.stream(channel), count=1))
+        raw = await _checked(self._read.xrevrange(self._keys.stream(channel), count=1), "last_id")
         return streamid.parse(str(raw[0][0])) if raw else streamid.ZERO
 
     async def channels(self, limit: int) -> list[ChannelInfo]:
@@ -220,7 +221,7 @@ class RedisBroker:
         pipe = self._read.pipeline(transaction=False)
         for key in names:
             pipe.xinfo_stream(key)
-        infos = await _checked(pipe.execute(raise_on_error=False))
+        infos = await _checked(pipe.execute(raise_on_error=False), "channels")
         return [
             _channel_info(self._keys.channel_of_stream(key), info)
             for key, info in zip(names, infos, strict=True)
@@ -232,44 +233,51 @@ class RedisBroker:
     async def group_create(self, channel: str, group: str, start: StreamId | None) -> None:
         at = "$" if start is None else streamid.format_id(start)
         try:
-            await _checked(self._read.xgroup_create(self._keys.stream(channel), group, id=at, mkstream=True))
+            await _checked(
+                self._read.xgroup_create(self._keys.stream(channel), group, id=at, mkstream=True),
+                "group_create",
+            )
         except StorageError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def group_read(self, channel: str, group: str, consumer: str, count: int) -> list[Delivery]:
         key = self._keys.stream(channel)
-        raw: Any = await _group_call(self._read.xreadgroup(group, consumer, {key: ">"}, count=count))
+        raw: Any = await _group_call(
+            self._read.xreadgroup(group, consumer, {key: ">"}, count=count), "group_read"
+        )
         if not raw:
             return []
         return [Delivery(entry_id, fields.get("data", "null"), 1) for entry_id, fields in raw[0][1]]
 
     async def group_ack(self, channel: str, group: str, ids: Sequence[str]) -> None:
-        await _group_call(self._read.xack(self._keys.stream(channel), group, *ids))
+        await _group_call(self._read.xack(self._keys.stream(channel), group, *ids), "group_ack")
 
     async def group_touch(self, channel: str, group: str, consumer: str, ids: Sequence[str]) -> None:
-        await _group_call(self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]))
+        await _group_call(
+            self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]), "group_touch"
+        )
 
     async def group_claim(
         self, channel: str, group: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
     ) -> Claimed:
         keys = [self._keys.stream(channel), self._keys.dead(channel)]
         args: list[str | int] = [group, consumer, min_idle_ms, max_deliveries, count, self._dead_maxlen]
-        claimed, dead = await _group_call(self._claim(keys=keys, args=args))
+        claimed, dead = await _group_call(self._claim(keys=keys, args=args), "group_claim")
         deliveries = [Delivery(str(i), str(data), int(n)) for i, data, n in claimed]
         return Claimed(deliveries, [str(i) for i in dead])
 
     async def heartbeat(self, name: str, ttl_ms: int) -> None:
-        await _checked(self._read.set(self._keys.alive(name), "1", px=ttl_ms))
+        await _checked(self._read.set(self._keys.alive(name), "1", px=ttl_ms), "heartbeat")
 
     # -- housekeeping (workers/janitor.py) -------------------------------------------------------
 
     async def group_consumers(self, channel: str) -> list[ConsumerInfo]:
         key = self._keys.stream(channel)
         out: list[ConsumerInfo] = []
-        for group in await _checked(self._read.xinfo_groups(key)):
+        for group in await _checked(self._read.xinfo_groups(key), "janitor"):
             name = str(group["name"])
-            for consumer in await _checked(self._read.xinfo_consumers(key, name)):
+            for consumer in await _checked(self._read.xinfo_consumers(key, name), "janitor"):
                 out.append(
                     ConsumerInfo(name, str(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]))
                 )
@@ -280,23 +288,25 @@ class RedisBroker:
         pipe = self._read.pipeline(transaction=False)
         for name in names:
             pipe.exists(self._keys.alive(name))
-        found = await _checked(pipe.execute())
+        found = await _checked(pipe.execute(), "janitor")
         return {name for name, exists in zip(names, found, strict=True) if exists}
 
     async def reap_consumer(self, channel: str, group: str, consumer: str, min_idle_ms: int) -> bool:
         """Remove the consumer if its process is gone, it holds nothing and has been idle for
         ``min_idle_ms`` (checked and done atomically); True when removed."""
         keys = [self._keys.stream(channel), self._keys.alive(consumer)]
-        return bool(await _group_call(self._reap(keys=keys, args=[group, consumer, min_idle_ms])))
+        return bool(await _group_call(self._reap(keys=keys, args=[group, consumer, min_idle_ms]), "janitor"))
 
     async def lease(self, holder: str, ttl_ms: int) -> bool:
         """Take or keep the janitor's lease; True while ``holder`` has it."""
-        return bool(await _checked(self._lease(keys=[self._keys.janitor_lease()], args=[holder, ttl_ms])))
+        return bool(
+            await _checked(self._lease(keys=[self._keys.janitor_lease()], args=[holder, ttl_ms]), "janitor")
+        )
 
     async def trim(self, channel: str) -> int:
         """Apply retention to a channel that may get no new messages; how many entries went."""
         keys = [self._keys.stream(channel), self._keys.trimmed(channel), self._keys.live(channel)]
-        reply = await _checked(self._trim(keys=keys, args=list(self._publish_args)))
+        reply = await _checked(self._trim(keys=keys, args=list(self._publish_args)), "trim")
         return int(reply[1])
 
     # -- following announcements ----------------------------------------------------------------
@@ -506,24 +516,29 @@ class _PubSubSupervisor:
             raise BrokerUnavailable("Redis did not answer PING on the Pub/Sub connection") from exc
 
 
-async def _group_call(awaitable: Awaitable[T]) -> T:
+async def _group_call(awaitable: Awaitable[T], operation: str) -> T:
     """A consumer-group command: a missing group (deleted, or Redis restarted empty) is GroupMissing."""
     try:
-        return await _checked(awaitable)
+        return await _checked(awaitable, operation)
     except StorageError as exc:
         if "NOGROUP" in str(exc):
             raise GroupMissing(f"the consumer group does not exist: {exc}") from exc
         raise
 
 
-async def _checked(awaitable: Awaitable[T]) -> T:
-    """Await a Redis call, turning its failures into the broker's errors."""
+async def _checked(awaitable: Awaitable[T], operation: str) -> T:
+    """Await a Redis call, timed per ``operation``, turning its failures into the broker's errors."""
+    started = time.perf_counter()
     try:
         return await awaitable
     except _UNAVAILABLE as exc:
+        metrics.REDIS_ERRORS.labels(operation).inc()
         raise BrokerUnavailable(f"Redis did not answer: {_describe(exc)}") from exc
     except redis_errors.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(operation).inc()
         raise StorageError(f"Redis refused: {_describe(exc)}") from exc
+    finally:
+        metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
 
 def _published(reply: Any) -> Published | Exception:

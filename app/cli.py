@@ -66,7 +66,7 @@ def janitor(once: bool) -> None:
     from workers import janitor as module
 
     settings = _settings_or_exit()
-    logs.configure_process(settings.log_level)
+    logs.configure_process(settings.log_level, settings.log_format)
     if settings.embedded:
         click.echo("relay worker janitor: set RELAY_REDIS_URL (the embedded Redis is per process)", err=True)
         sys.exit(2)
@@ -106,7 +106,7 @@ def run(target: str, channel: str, group: str, concurrency: int, from_: str, gra
     from workers import runner
 
     settings = _settings_or_exit()
-    logs.configure_process(settings.log_level)
+    logs.configure_process(settings.log_level, settings.log_format)
     try:
         protocol.check_channel(channel)
         protocol.check_group(group)

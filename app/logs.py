@@ -1,14 +1,22 @@
-"""Logging set-up shared by every entry point."""
+"""Logging set-up shared by every entry point: text or JSON lines (``RELAY_LOG_FORMAT``), tokens
+redacted from everything uvicorn logs, one line per connection opened and closed."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
+import time
 from typing import Any
 
+import orjson
 from uvicorn.config import LOGGING_CONFIG
 
 _DENIAL_NOISE = "ASGI callable returned without completing handshake."
+_TOKEN = re.compile(r"(token=)[^&\s\"']+")
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "color_message", "asctime"}
+
+connections = logging.getLogger("relay.connections")
 
 
 class _DenialNoise(logging.Filter):
@@ -21,22 +29,113 @@ class _DenialNoise(logging.Filter):
         return record.getMessage() != _DENIAL_NOISE
 
 
+class RedactTokens(logging.Filter):
+    """``?token=<jwt>`` in a logged path becomes ``?token=***``: tokens never reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1***", record.msg)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
 def install() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _DenialNoise) for f in logger.filters):
-        logger.addFilter(_DenialNoise())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        for kind in (_DenialNoise, RedactTokens):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
 
 
-def uvicorn_config(level: str) -> dict[str, Any]:
+def uvicorn_config(level: str, fmt: str = "text") -> dict[str, Any]:
     """uvicorn's logging config, with the relay's own loggers printed the same way."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["relay"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    if fmt == "json":
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": "app.logs.JsonFormatter"}
     return config
 
 
-def configure_process(level: str) -> None:
+def configure_process(level: str, fmt: str = "text") -> None:
     """Logging for the worker processes (the instances log through uvicorn's set-up)."""
-    logging.basicConfig(
-        level="DEBUG" if level == "trace" else level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level="DEBUG" if level == "trace" else level.upper(), handlers=[handler])
+
+
+class ConnectionLog:
+    """The open and close lines of one connection, and its first few error replies."""
+
+    __slots__ = ("_errors", "_fields", "_opened")
+
+    _ERRORS_LOGGED = 10
+
+    def __init__(self, role: str, channel: str, peer: str) -> None:
+        self._fields: dict[str, Any] = {"event": "open", "role": role, "channel": channel, "peer": peer}
+        self._opened = time.monotonic()
+        self._errors = 0
+        connections.info("%s %s %s: open", peer, role, channel, extra=self._fields)
+
+    def error(self, code: str, detail: str) -> None:
+        self._errors += 1
+        if self._errors <= self._ERRORS_LOGGED:
+            fields = {**self._fields, "event": "error", "code": code}
+            connections.info(
+                "%s %s %s: error %s: %s",
+                fields["peer"],
+                fields["role"],
+                fields["channel"],
+                code,
+                detail,
+                extra=fields,
+            )
+
+    def closed(self, code: int | None, reason: str, by: str) -> None:
+        seconds = round(time.monotonic() - self._opened, 3)
+        fields = {
+            **self._fields,
+            "event": "close",
+            "code": code,
+            "reason": reason,
+            "by": by,
+            "seconds": seconds,
+            "errors": self._errors,
+        }
+        connections.info(
+            "%s %s %s: closed by %s, code %s%s, after %.1fs, %d error(s)",
+            fields["peer"],
+            fields["role"],
+            fields["channel"],
+            by,
+            code,
+            f" ({reason})" if reason else "",
+            seconds,
+            self._errors,
+            extra=fields,
+        )
+
+
+def peer_of(scope_client: tuple[str, int] | None) -> str:
+    return f"{scope_client[0]}:{scope_client[1]}" if scope_client else "-"

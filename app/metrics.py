@@ -6,7 +6,7 @@ incremented once per batch, not once per delivery.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("relay_connections", "Open WebSocket connections.", ["role"])
 PUBLISHED = Counter("relay_messages_published_total", "Messages stored in Redis and acknowledged.")
@@ -25,3 +25,24 @@ BUFFERED = Gauge(
     "Live messages held for consumers, summed over connections (read at scrape).",
 )
 DRAINING = Gauge("relay_draining", "1 while the instance drains before stopping.")
+REFUSED_FULL = Counter(
+    "relay_connections_refused_full_total", "Handshakes refused: RELAY_MAX_CONNECTIONS reached."
+)
+RATE_LIMITED = Counter("relay_rate_limited_total", "Producer frames refused over RELAY_PUBLISH_RATE.")
+ACKED = Counter("relay_messages_acked_total", "Group messages acknowledged by members (recorded in Redis).")
+DEAD_LETTERED = Counter("relay_messages_dead_lettered_total", "Group messages moved to the dead letters.")
+GROUP_HELD = Gauge(
+    "relay_group_held_messages",
+    "Messages group members on this instance hold unacknowledged (read at scrape).",
+)
+FANOUT_LATENCY = Histogram(
+    "relay_fanout_latency_seconds",
+    "From the entry's creation in Redis to its fan-out on this instance (one sample per message).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REDIS_LATENCY = Histogram(
+    "relay_redis_command_seconds",
+    "Round trips to Redis, by operation (a pipeline or script counts once).",
+    ["operation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+)

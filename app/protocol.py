@@ -12,8 +12,8 @@ Frames the relay sends are JSON objects with a ``type``:
 ``error``       ``code``, ``detail``: the frame it answers was not stored / not accepted
 ==============  =========================================================================
 
-Close codes follow RFC 6455 (1000-2999) and the IANA registry (1012); 4000-4999 are
-reserved for relay-specific codes (none yet).
+Close codes follow RFC 6455 (1000-2999) and the IANA registry (1012); 4000-4999 are the
+relay's own: 4401 (the token expired, mirroring HTTP 401).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Close(IntEnum):
     TOO_BIG = 1009  # a frame larger than RELAY_MAX_MESSAGE_BYTES
     INTERNAL = 1011
     RESTART = 1012  # the instance is draining: reconnect (elsewhere) and resume with ``from``
+    TOKEN_EXPIRED = 4401  # the token's exp passed: reconnect with a new token (and ``from``)
 
 
 class ErrorCode(StrEnum):
@@ -59,8 +60,9 @@ class ErrorCode(StrEnum):
     UNEXPECTED_FRAME = "unexpected_frame"  # a fan-out consumer sent something
     UNAVAILABLE = "unavailable"  # Redis unreachable, or the instance is draining
     STORAGE_ERROR = "storage_error"  # Redis refused the write (e.g. the key is not a stream)
-    RATE_LIMITED = "rate_limited"
-    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"  # over RELAY_PUBLISH_RATE: not stored
+    UNAUTHORIZED = "unauthorized"  # no valid token (HTTP 401)
+    FORBIDDEN = "forbidden"  # the token does not cover the channel, or the origin is not allowed (403)
     UNKNOWN_ID = "unknown_id"  # a group member acked an id it does not hold
 
 

@@ -76,7 +76,6 @@ class Publisher:
         try:
             results = await self._broker.publish(requests)
         except BrokerError as exc:
-            metrics.REDIS_ERRORS.labels("publish").inc()
             self._fail(batch, exc)
             return
         stored = 0

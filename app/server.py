@@ -47,7 +47,9 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=logs.uvicorn_config("debug" if settings.log_level == "trace" else settings.log_level),
+        log_config=logs.uvicorn_config(
+            "debug" if settings.log_level == "trace" else settings.log_level, settings.log_format
+        ),
         ws="websockets-sansio",
         ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
         ws_per_message_deflate=settings.ws_per_message_deflate,

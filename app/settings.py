@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -63,19 +63,39 @@ class Settings(BaseSettings):
     instance_name: str = Field(default_factory=_instance_name)
     log_level: str = "info"
     ws_per_message_deflate: bool = False
-    # tokens are in the contract but not in this version: setting one must not leave the relay open
-    jwt_secret: SecretStr | None = None
-    jwt_public_key: SecretStr | None = None
-    jwt_public_key_file: str | None = None
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 key: tokens required when set.")
+    jwt_public_key: SecretStr | None = Field(default=None, description="PEM public key (RS256/ES256).")
+    jwt_public_key_file: str | None = Field(default=None, description="Path of that PEM file.")
+    jwt_algorithm: Literal["RS256", "ES256"] = Field(default="RS256", description="With a public key.")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = Field(default=0.0, ge=0, description="Seconds of clock skew allowed on exp/nbf.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to open WebSockets (comma-separated); empty: any."
+    )
+    publish_rate: float = Field(
+        default=0.0, ge=0, description="Messages per second per producer; 0: no limit."
+    )
+    publish_burst: int = Field(default=100, ge=1, description="Messages a producer may send at once.")
+    max_connections: int = Field(default=10_000, ge=1, description="WebSocket connections per instance.")
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
-    def _refuse_unimplemented_tokens(self) -> Settings:
-        if self.jwt_secret or self.jwt_public_key or self.jwt_public_key_file:
-            raise ValueError(
-                "RELAY_JWT_SECRET / RELAY_JWT_PUBLIC_KEY(_FILE) are set, but this version does not check"
-                " tokens yet; refusing to start rather than run a relay open to anyone"
-            )
+    def _one_key(self) -> Settings:
+        if self.jwt_secret is not None and (
+            self.jwt_public_key is not None or self.jwt_public_key_file is not None
+        ):
+            raise ValueError("set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY(_FILE), not both")
+        if self.jwt_public_key is not None and self.jwt_public_key_file is not None:
+            raise ValueError("set RELAY_JWT_PUBLIC_KEY or RELAY_JWT_PUBLIC_KEY_FILE, not both")
         return self
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("key_prefix")
     @classmethod

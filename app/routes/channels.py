@@ -10,9 +10,10 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from app import protocol
+from app.auth import AuthError
 from app.errors import BrokerError, BrokerUnavailable, ProtocolError
 from app.protocol import ErrorCode
-from app.routes.common import DRAINING_DETAIL, error_response, relay_of
+from app.routes.common import DRAINING_DETAIL, auth_response, authorize, error_response, relay_of
 
 router = APIRouter()
 
@@ -28,8 +29,11 @@ async def publish(
     relay = relay_of(request)
     try:
         protocol.check_channel(channel)
+        authorize(request, relay, channel, publish=True)
     except ProtocolError as exc:
         return error_response(400, ErrorCode(exc.code), exc.detail)
+    except AuthError as exc:
+        return auth_response(exc)
     if idempotency_key is not None and _IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
         return error_response(
             400, ErrorCode.INVALID_REQUEST, "Idempotency-Key: expected 1-200 visible ASCII characters"
@@ -83,8 +87,11 @@ async def history(
     try:
         protocol.check_channel(channel)
         position = protocol.parse_position(from_ or "0")
+        authorize(request, relay, channel, publish=False)
     except ProtocolError as exc:
         return error_response(400, ErrorCode(exc.code), exc.detail)
+    except AuthError as exc:
+        return auth_response(exc)
     if position.latest:
         return error_response(400, ErrorCode.INVALID_ID, "history needs from=0 or an entry id, not $")
     try:
@@ -112,7 +119,10 @@ async def channels(
 ) -> Response:
     relay = relay_of(request)
     try:
-        infos = await relay.broker.channels(limit)
+        grant = relay.auth.grant(request)
+        infos = [i for i in await relay.broker.channels(limit) if grant.may_subscribe(i.name)]
+    except AuthError as exc:
+        return auth_response(exc)
     except BrokerError as exc:
         return error_response(503, ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": "1"})
     body = {

@@ -8,13 +8,16 @@ with error answers going first), and a reader takes the client's frames. Closing
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol
+from app.logs import ConnectionLog, peer_of
 from app.protocol import Close, ErrorCode
 from app.routes.common import FLOOD_REASON, FloodGuard
 from app.wakeup import Wakeup
@@ -23,8 +26,12 @@ from app.wakeup import Wakeup
 class Connection:
     role = "consumer"
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None = None) -> None:
         self.websocket = websocket
+        self.channel = channel
+        self._expires = expires
+        self._client_code: int | None = None
+        self._log: ConnectionLog | None = None
         self.wake = Wakeup()
         self._control: deque[str] = deque()
         self._flood = FloodGuard()
@@ -42,6 +49,8 @@ class Connection:
             self.request_close(Close.POLICY, FLOOD_REASON)
             return
         metrics.ERRORS.labels(code).inc()
+        if self._log is not None:
+            self._log.error(code, detail)
         self._control.append(protocol.error_frame(code, detail))
         self.wake.set()
 
@@ -49,7 +58,9 @@ class Connection:
         websocket = self.websocket
         await websocket.accept()
         metrics.CONNECTIONS.labels(self.role).inc()
+        self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
         reader = asyncio.create_task(self._read())
+        expiry = expire_at(self._expires, self.request_close)
         try:
             await websocket.send_text(first_frame)
             await self.write()
@@ -59,7 +70,18 @@ class Connection:
             pass
         finally:
             reader.cancel()
+            if expiry is not None:
+                expiry.cancel()
             metrics.CONNECTIONS.labels(self.role).dec()
+            self._log_close()
+
+    def _log_close(self) -> None:
+        if self._log is None:
+            return
+        if self._close is not None:
+            self._log.closed(self._close[0], self._close[1], "relay")
+        else:
+            self._log.closed(self._client_code, "", "client")
 
     @property
     def closing(self) -> bool:
@@ -88,6 +110,19 @@ class Connection:
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                self._client_code = message.get("code")
                 self._stop()  # the client is gone: stop writing, send no close frame
                 return
             self.on_frame(message)
+
+
+TOKEN_EXPIRED_REASON = "token expired: reconnect with a new token"
+
+
+def expire_at(expires: float | None, close: Callable[[int, str], None]) -> asyncio.TimerHandle | None:
+    """Close the connection with 4401 when its token's ``exp`` (a Unix time) passes."""
+    if expires is None:
+        return None
+    loop = asyncio.get_running_loop()
+    delay = max(0.0, expires - time.time())
+    return loop.call_later(delay, close, Close.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON)

@@ -37,14 +37,15 @@ async def default_consumer(websocket: WebSocket, from_: str | None = Query(None,
 
 
 async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
-    position = await admit(websocket, channel, from_)
-    if position is None:
+    admission = await admit(websocket, channel, from_)
+    if admission is None:
         return
     relay = relay_of(websocket)
     if "group" in websocket.query_params:
-        await serve_member(websocket, relay, channel, position)
+        await serve_member(websocket, relay, channel, admission)
         return
-    connection = ConsumerConnection(websocket)
+    position = admission.position
+    connection = ConsumerConnection(websocket, channel, expires=admission.grant.expires)
     try:
         sub = await relay.hub.subscribe(channel, position, connection.wake.set)
     except BrokerError as exc:
@@ -60,8 +61,8 @@ async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
 class ConsumerConnection(Connection):
     role = "consumer"
 
-    def __init__(self, websocket: WebSocket) -> None:
-        super().__init__(websocket)
+    def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None) -> None:
+        super().__init__(websocket, channel, expires=expires)
         self._sub: Subscription | None = None
 
     async def run(self, sub: Subscription, position: protocol.Position) -> None:

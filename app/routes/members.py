@@ -20,13 +20,13 @@ from app.errors import BrokerError, ProtocolError
 from app.groups import Membership
 from app.lifecycle import Relay
 from app.protocol import ErrorCode
-from app.routes.common import refuse
+from app.routes.common import Admission, refuse
 from app.routes.connection import Connection
 
 log = logging.getLogger("relay.members")
 
 
-async def serve_member(websocket: WebSocket, relay: Relay, channel: str, position: protocol.Position) -> None:
+async def serve_member(websocket: WebSocket, relay: Relay, channel: str, admission: Admission) -> None:
     manager = relay.groups
     params = websocket.query_params
     try:
@@ -35,9 +35,9 @@ async def serve_member(websocket: WebSocket, relay: Relay, channel: str, positio
     except ProtocolError as exc:
         await refuse(websocket, 400, ErrorCode(exc.code), exc.detail)
         return
-    member = GroupMember(websocket, channel, prefetch)
+    member = GroupMember(websocket, channel, prefetch, expires=admission.grant.expires)
     try:
-        membership = await manager.join(channel, group, member, position)
+        membership = await manager.join(channel, group, member, admission.position)
     except BrokerError as exc:
         await refuse(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot join the group now: {exc}")
         return
@@ -53,9 +53,8 @@ class GroupMember(Connection):
 
     role = "member"
 
-    def __init__(self, websocket: WebSocket, channel: str, prefetch: int) -> None:
-        super().__init__(websocket)
-        self.channel = channel
+    def __init__(self, websocket: WebSocket, channel: str, prefetch: int, *, expires: float | None) -> None:
+        super().__init__(websocket, channel, expires=expires)
         self.prefetch = prefetch
         self._out: deque[Delivery] = deque()  # at most prefetch: the reader gives no more
         self._membership: Membership | None = None

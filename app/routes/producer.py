@@ -20,9 +20,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol
 from app.errors import BrokerUnavailable, StorageError
+from app.logs import ConnectionLog, peer_of
 from app.protocol import Close, ErrorCode
 from app.publisher import Receipt
-from app.routes.common import DRAINING_DETAIL, admit, relay_of
+from app.routes.common import DRAINING_DETAIL, RateLimit, admit, relay_of
+from app.routes.connection import expire_at
 from app.wakeup import Wakeup
 
 router = APIRouter()
@@ -43,12 +45,15 @@ async def default_producer(websocket: WebSocket) -> None:
 
 
 async def _serve(websocket: WebSocket, channel: str) -> None:
-    if await admit(websocket, channel) is None:
+    admission = await admit(websocket, channel, publish=True)
+    if admission is None:
         return
     relay = relay_of(websocket)
-    connection = ProducerConnection(websocket, channel, relay.settings.max_message_bytes)
+    settings = relay.settings
+    limit = RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
+    connection = ProducerConnection(websocket, channel, settings.max_message_bytes, limit)
     with relay.connection(connection):
-        await connection.run(relay.publisher.submit, relay.settings.producer_window)
+        await connection.run(relay.publisher.submit, settings.producer_window, admission.grant.expires)
 
 
 def utf8_length_exceeds(text: str, limit: int) -> bool:
@@ -61,14 +66,19 @@ def utf8_length_exceeds(text: str, limit: int) -> bool:
 
 
 class ProducerConnection:
-    def __init__(self, websocket: WebSocket, channel: str, max_bytes: int) -> None:
+    def __init__(
+        self, websocket: WebSocket, channel: str, max_bytes: int, limit: RateLimit | None = None
+    ) -> None:
         self.websocket = websocket
         self.channel = channel
         self._max_bytes = max_bytes
+        self._limit = limit
         self._replies: deque[Reply] = deque()
         self._queued = Wakeup()  # a reply was queued
         self._room = Wakeup()  # a reply was sent
         self._close: tuple[int, str] | None = None
+        self._client_code: int | None = None
+        self._log: ConnectionLog | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         """Answer every frame read so far, then close."""
@@ -77,10 +87,12 @@ class ProducerConnection:
             self._queued.set()
             self._room.set()
 
-    async def run(self, submit: Submit, window: int) -> None:
+    async def run(self, submit: Submit, window: int, expires: float | None = None) -> None:
         await self.websocket.accept()
         metrics.CONNECTIONS.labels("producer").inc()
+        self._log = ConnectionLog("producer", self.channel, peer_of(self.websocket.client))
         replier = asyncio.create_task(self._reply())
+        expiry = expire_at(expires, self.request_close)
         try:
             await self._read(submit, window)
             if self._close is not None:
@@ -90,7 +102,13 @@ class ProducerConnection:
             pass
         finally:
             replier.cancel()
+            if expiry is not None:
+                expiry.cancel()
             metrics.CONNECTIONS.labels("producer").dec()
+            if self._close is not None:
+                self._log.closed(self._close[0], self._close[1], "relay")
+            else:
+                self._log.closed(self._client_code, "", "client")
 
     async def _read(self, submit: Submit, window: int) -> None:
         replies = self._replies
@@ -100,16 +118,25 @@ class ProducerConnection:
                 continue
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                self._client_code = message.get("code")
                 return
             text = message.get("text")
             if self._close is not None:
                 replies.append(protocol.error_frame(ErrorCode.UNAVAILABLE, DRAINING_DETAIL))
             elif text is None:
                 replies.append(
-                    _error(ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary")
+                    self._error(ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary")
                 )
             elif utf8_length_exceeds(text, self._max_bytes):
                 self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES ({self._max_bytes})")
+            elif self._limit is not None and not self._limit.take():
+                metrics.RATE_LIMITED.inc()
+                replies.append(
+                    self._error(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down")
+                )
+                self._queued.set()
+                await asyncio.sleep(self._limit.delay())  # read no faster than allowed: backpressure
+                continue
             else:
                 replies.append(self._publish(submit, text))
             self._queued.set()
@@ -118,7 +145,7 @@ class ProducerConnection:
         try:
             orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            return _error(ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
+            return self._error(ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
         return submit(self.channel, text)
 
     async def _reply(self) -> None:
@@ -126,7 +153,7 @@ class ProducerConnection:
         websocket = self.websocket
         while True:
             while replies:
-                frame = await _settle(replies[0])
+                frame = await self._settle(replies[0])
                 replies.popleft()
                 self._room.set()
                 await websocket.send_text(frame)
@@ -135,19 +162,19 @@ class ProducerConnection:
                 return
             await self._queued.wait()
 
+    async def _settle(self, reply: Reply) -> str:
+        if isinstance(reply, str):
+            return reply
+        try:
+            entry_id, _ = await reply
+        except BrokerUnavailable as exc:
+            return self._error(ErrorCode.UNAVAILABLE, f"not stored: {exc}")
+        except StorageError as exc:
+            return self._error(ErrorCode.STORAGE_ERROR, f"not stored: {exc}")
+        return protocol.ack_frame(entry_id)
 
-async def _settle(reply: Reply) -> str:
-    if isinstance(reply, str):
-        return reply
-    try:
-        entry_id, _ = await reply
-    except BrokerUnavailable as exc:
-        return _error(ErrorCode.UNAVAILABLE, f"not stored: {exc}")
-    except StorageError as exc:
-        return _error(ErrorCode.STORAGE_ERROR, f"not stored: {exc}")
-    return protocol.ack_frame(entry_id)
-
-
-def _error(code: ErrorCode, detail: str) -> str:
-    metrics.ERRORS.labels(code).inc()
-    return protocol.error_frame(code, detail)
+    def _error(self, code: ErrorCode, detail: str) -> str:
+        metrics.ERRORS.labels(code).inc()
+        if self._log is not None:
+            self._log.error(code, detail)
+        return protocol.error_frame(code, detail)
