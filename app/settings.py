@@ -90,6 +90,13 @@ class Settings(BaseSettings):
             raise ValueError("set RELAY_JWT_PUBLIC_KEY or RELAY_JWT_PUBLIC_KEY_FILE, not both")
         return self
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("expected at least 32 bytes (RFC 7518 section 3.2); use a random secret")
+        return value
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -179,3 +179,24 @@ def test_a_member_cannot_ack_what_another_member_holds(client: TestClient) -> No
         client.post("/channels/shared/messages", content='"d"')
         # both acks counted: each member has room for exactly one of the next two
         assert {one.receive_json()["data"], two.receive_json()["data"]} == {"c", "d"}
+
+
+def test_latency_and_group_metrics_move(client: TestClient) -> None:
+    fanouts = metric(client, "relay_fanout_latency_seconds_count")
+    publishes = metric(client, "relay_redis_command_seconds_count", operation="publish")
+    acked = metric(client, "relay_messages_acked_total")
+    with (
+        client.websocket_connect("/ws/consumer/measured") as fan,
+        client.websocket_connect("/ws/consumer/measured?group=g&prefetch=5") as member,
+    ):
+        fan.receive_json(), member.receive_json()
+        client.post("/channels/measured/messages", content="1")
+        fan.receive_json()
+        delivered = member.receive_json()
+        assert metric(client, "relay_group_held_messages") == 1
+        member.send_json({"type": "ack", "id": delivered["id"]})
+        client.post("/channels/measured/messages", content="2")  # its delivery follows the ack's batch
+        member.receive_json()
+    assert metric(client, "relay_fanout_latency_seconds_count") >= fanouts + 1
+    assert metric(client, "relay_redis_command_seconds_count", operation="publish") >= publishes + 2
+    assert metric(client, "relay_messages_acked_total") == acked + 1

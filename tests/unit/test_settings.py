@@ -77,7 +77,7 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
 
 
 def test_one_token_key_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELAY_JWT_SECRET", "s")
+    monkeypatch.setenv("RELAY_JWT_SECRET", "s" * 32)
     monkeypatch.setenv("RELAY_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----")
     with pytest.raises(ValidationError, match="not both"):
         Settings()
@@ -92,5 +92,8 @@ def test_allowed_origins_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_token_secret_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELAY_JWT_SECRET", "very-secret-key")
+    monkeypatch.setenv("RELAY_JWT_SECRET", "very-secret-key-" * 3)
     assert "very-secret-key" not in repr(Settings())
+    monkeypatch.setenv("RELAY_JWT_SECRET", "short")
+    with pytest.raises(ValidationError, match="32 bytes"):
+        Settings()
