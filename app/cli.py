@@ -129,6 +129,9 @@ _URL = click.option(
     show_default=True,
     help="The relay (an instance or the load balancer)  [env RELAY_URL]",
 )
+_TOKEN = click.option(
+    "--token", envvar="RELAY_TOKEN", default=None, help="A JWT, when the relay wants one  [env RELAY_TOKEN]"
+)
 
 
 def _client_command(run: Callable[[], Coroutine[Any, Any, int]], url: str) -> None:
@@ -153,6 +156,7 @@ def _client_command(run: Callable[[], Coroutine[Any, Any, int]], url: str) -> No
 @click.argument("channel")
 @click.argument("message", required=False)
 @_URL
+@_TOKEN
 @click.option(
     "--attempts",
     type=click.IntRange(1),
@@ -160,7 +164,7 @@ def _client_command(run: Callable[[], Coroutine[Any, Any, int]], url: str) -> No
     show_default=True,
     help="Tries per message while unavailable.",
 )
-def publish(channel: str, message: str | None, url: str, attempts: int) -> None:
+def publish(channel: str, message: str | None, url: str, token: str | None, attempts: int) -> None:
     """Publish MESSAGE (one JSON value) to CHANNEL, or, without MESSAGE, each line of standard
     input (NDJSON), in order. Prints one {"id": ...} line per message stored.
 
@@ -170,12 +174,13 @@ def publish(channel: str, message: str | None, url: str, attempts: int) -> None:
     """
     from app import commands
 
-    _client_command(lambda: commands.publish(url, channel, message, attempts), url)
+    _client_command(lambda: commands.publish(url, channel, message, attempts, token), url)
 
 
 @main.command()
 @click.argument("channel")
 @_URL
+@_TOKEN
 @click.option("--from", "from_", default=None, help="Start after this id; 0 for everything retained.")
 @click.option("--group", default=None, help="Consume as a member of this consumer group (acks each line).")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many messages.")
@@ -187,7 +192,13 @@ def publish(channel: str, message: str | None, url: str, attempts: int) -> None:
     help="Exit 3 after this many seconds without a connection (0: never).",
 )
 def tail(
-    channel: str, url: str, from_: str | None, group: str | None, count: int | None, give_up: float
+    channel: str,
+    url: str,
+    token: str | None,
+    from_: str | None,
+    group: str | None,
+    count: int | None,
+    give_up: float,
 ) -> None:
     """Print CHANNEL's messages as NDJSON, following it; reconnects and resumes by itself.
 
@@ -197,14 +208,15 @@ def tail(
     """
     from app import commands
 
-    _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None), url)
+    _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None, token), url)
 
 
 @main.command()
 @_URL
+@_TOKEN
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def channels(url: str, as_json: bool) -> None:
+def channels(url: str, token: str | None, as_json: bool) -> None:
     """List channels: name, length, first and last id, consumer groups."""
     from app import commands
 
-    _client_command(lambda: commands.channels(url, as_json), url)
+    _client_command(lambda: commands.channels(url, as_json, token), url)

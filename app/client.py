@@ -120,8 +120,10 @@ class Consumer:
         prefetch: int | None = None,
         max_backoff: float = 5.0,
         give_up_after: float | None = None,
+        token: str | None = None,
     ) -> None:
         self._base = websocket_url(url.rstrip("/"))
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.channel = channel
         self._position = None if from_ == "$" else from_  # after this id (None: from now)
         self._group = group
@@ -165,7 +167,13 @@ class Consumer:
             started = loop.time()
             reason = "the relay closed the connection"
             try:
-                async with connect(self._url(), open_timeout=10, ping_interval=20, max_size=MAX_FRAME) as ws:
+                async with connect(
+                    self._url(),
+                    open_timeout=10,
+                    ping_interval=20,
+                    max_size=MAX_FRAME,
+                    additional_headers=self._headers,
+                ) as ws:
                     self._ws = ws
                     self._unacked = None  # a new connection: what was held is the relay's to redeliver
                     await self._subscribed(ws)
@@ -242,9 +250,17 @@ class Producer:
     """Publish messages with backpressure; each is stored exactly once, even across retries."""
 
     def __init__(
-        self, url: str, channel: str, *, window: int = 64, max_backoff: float = 5.0, attempts: int = 20
+        self,
+        url: str,
+        channel: str,
+        *,
+        window: int = 64,
+        max_backoff: float = 5.0,
+        attempts: int = 20,
+        token: str | None = None,
     ) -> None:
         self._base = http_url(url.rstrip("/"))
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.channel = channel
         self._room = asyncio.Semaphore(window)
         self._run = uuid.uuid4().hex[:16]
@@ -254,7 +270,7 @@ class Producer:
         self._http: httpx2.AsyncClient | None = None
 
     async def __aenter__(self) -> Producer:
-        self._http = httpx2.AsyncClient(base_url=self._base, timeout=10)
+        self._http = httpx2.AsyncClient(base_url=self._base, timeout=10, headers=self._headers)
         return self
 
     async def __aexit__(

@@ -47,8 +47,8 @@ def _lines(message: str | None) -> Iterable[tuple[int, str]]:
             yield number, line
 
 
-async def publish(url: str, channel: str, message: str | None, attempts: int) -> int:
-    async with Producer(url, channel, window=1, attempts=attempts) as producer:
+async def publish(url: str, channel: str, message: str | None, attempts: int, token: str | None) -> int:
+    async with Producer(url, channel, window=1, attempts=attempts, token=token) as producer:
         for number, line in _lines(message):
             try:
                 data = json.loads(line)
@@ -64,12 +64,20 @@ async def publish(url: str, channel: str, message: str | None, attempts: int) ->
 
 
 async def tail(
-    url: str, channel: str, from_: str | None, group: str | None, count: int | None, give_up: float | None
+    url: str,
+    channel: str,
+    from_: str | None,
+    group: str | None,
+    count: int | None,
+    give_up: float | None,
+    token: str | None,
 ) -> int:
     prefetch = (
         min(count, 10) if group is not None and count is not None else None
     )  # take no more than printed
-    consumer = Consumer(url, channel, from_=from_, group=group, prefetch=prefetch, give_up_after=give_up)
+    consumer = Consumer(
+        url, channel, from_=from_, group=group, prefetch=prefetch, give_up_after=give_up, token=token
+    )
     seen = 0
     try:
         async for event in consumer:
@@ -96,9 +104,12 @@ def _message(event: Message, with_delivery: bool) -> dict[str, Any]:
     return out
 
 
-async def channels(url: str, as_json: bool) -> int:
+async def channels(url: str, as_json: bool, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx2.AsyncClient(base_url=http_url(url.rstrip("/")), timeout=10) as http:
+        async with httpx2.AsyncClient(
+            base_url=http_url(url.rstrip("/")), timeout=10, headers=headers
+        ) as http:
             response = await http.get("/channels")
     except httpx2.TransportError as exc:
         return _fail(f"cannot reach {url}: {exc}", UNREACHABLE)

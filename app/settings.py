@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     )
     publish_burst: int = Field(default=100, ge=1, description="Messages a producer may send at once.")
     max_connections: int = Field(default=10_000, ge=1, description="WebSocket connections per instance.")
+    producer_idle_timeout: float = Field(
+        default=300.0, ge=0, description="Seconds a producer may send nothing before it is closed; 0: never."
+    )
     log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")

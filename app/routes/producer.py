@@ -51,7 +51,8 @@ async def _serve(websocket: WebSocket, channel: str) -> None:
     relay = relay_of(websocket)
     settings = relay.settings
     limit = RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
-    connection = ProducerConnection(websocket, channel, settings.max_message_bytes, limit)
+    idle = settings.producer_idle_timeout or None
+    connection = ProducerConnection(websocket, channel, settings.max_message_bytes, limit, idle)
     with relay.connection(connection):
         await connection.run(relay.publisher.submit, settings.producer_window, admission.grant.expires)
 
@@ -67,12 +68,18 @@ def utf8_length_exceeds(text: str, limit: int) -> bool:
 
 class ProducerConnection:
     def __init__(
-        self, websocket: WebSocket, channel: str, max_bytes: int, limit: RateLimit | None = None
+        self,
+        websocket: WebSocket,
+        channel: str,
+        max_bytes: int,
+        limit: RateLimit | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.websocket = websocket
         self.channel = channel
         self._max_bytes = max_bytes
         self._limit = limit
+        self._idle_timeout = idle_timeout
         self._replies: deque[Reply] = deque()
         self._queued = Wakeup()  # a reply was queued
         self._room = Wakeup()  # a reply was sent
@@ -116,7 +123,14 @@ class ProducerConnection:
             if len(replies) >= window:
                 await self._room.wait()
                 continue
-            message = await self.websocket.receive()
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    message = await self.websocket.receive()
+            except TimeoutError:
+                self.request_close(
+                    Close.NORMAL, f"idle for {self._idle_timeout:g}s (RELAY_PRODUCER_IDLE_TIMEOUT)"
+                )
+                return
             if message["type"] == "websocket.disconnect":
                 self._client_code = message.get("code")
                 return

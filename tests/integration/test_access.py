@@ -233,3 +233,39 @@ async def test_tokens_never_reach_the_logs(secured: Instance) -> None:
     assert secret_token not in log
     assert secret_token[:20] not in log
     assert "token=***" in log
+
+
+async def test_an_idle_producer_is_closed_after_the_idle_timeout(relay: RelayFactory) -> None:
+    a = relay(producer_idle_timeout="1").start()
+    async with connect(f"{a.ws}/ws/producer/quiet") as producer:
+        await producer.send("1")
+        assert (await recv_json(producer))["type"] == "ack"
+        started = time.monotonic()
+        assert await close_code(producer, within=5) == 1000
+        assert time.monotonic() - started > 0.9  # after the timeout, not at once
+
+
+def test_the_cli_carries_a_token(secured: Instance) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import base_env
+
+    rights = token(publish=["tokened"], subscribe=["tokened"])
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args, "--url", secured.http],
+            env={**base_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+        )
+
+    assert run("publish", "tokened", "1").returncode == 2  # no token: refused
+    stored = run("publish", "tokened", "1", RELAY_TOKEN=rights)
+    assert stored.returncode == 0, stored.stderr
+    tail = run("tail", "tokened", "--from", "0", "--count", "1", "--token", rights)
+    assert json.loads(tail.stdout)["id"] == json.loads(stored.stdout)["id"]
+    listed = run("channels", "--json", RELAY_TOKEN=rights)
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["tokened"]
