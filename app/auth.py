@@ -7,7 +7,8 @@ never from the token: ``alg: none`` and HS/RS confusion are refused by PyJWT bec
 configured algorithm is accepted with the configured key.
 
 Claims: ``publish`` and ``subscribe`` are lists of channel patterns: an exact name, ``prefix*``,
-or ``*`` for every channel; ``exp`` is required and enforced (at the handshake, and for a socket
+or ``*`` for every channel; joining a consumer group also needs ``groups``, a list of group-name
+patterns (taking work off a queue is more than watching a channel); ``exp`` is required and enforced (at the handshake, and for a socket
 that outlives it, by closing it with 4401); ``nbf`` is honoured; ``aud`` and ``iss`` are checked
 when ``RELAY_JWT_AUDIENCE`` / ``RELAY_JWT_ISSUER`` are set.
 """
@@ -40,12 +41,16 @@ class Grant:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     expires: float | None = None
+    groups: tuple[str, ...] = ("*",)
 
     def may_publish(self, channel: str) -> bool:
         return _matches(self.publish, channel)
 
     def may_subscribe(self, channel: str) -> bool:
         return _matches(self.subscribe, channel)
+
+    def may_join(self, group: str) -> bool:
+        return _matches(self.groups, group)
 
 
 OPEN = Grant(("*",), ("*",))
@@ -99,13 +104,16 @@ class Authenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                options={"require": ["exp"]},  # a token naming an audience needs RELAY_JWT_AUDIENCE
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError(401, "the token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"invalid token: {exc}") from exc
-        return Grant(_patterns(claims, "publish"), _patterns(claims, "subscribe"), float(claims["exp"]))
+        expires = float(claims["exp"]) + self._leeway
+        return Grant(
+            _patterns(claims, "publish"), _patterns(claims, "subscribe"), expires, _patterns(claims, "groups")
+        )
 
 
 def token_of(connection: HTTPConnection) -> str | None:

@@ -59,6 +59,11 @@ class Relay:
             log.info(
                 "Redis: %s (key prefix %r)", self.settings.redis_url_for_display(), self.settings.key_prefix
             )
+        if not self.settings.tokens_required:
+            log.warning(
+                "no RELAY_JWT_SECRET / RELAY_JWT_PUBLIC_KEY: anyone who reaches this instance may publish"
+                " and consume every channel"
+            )
         await self.broker.start(self.hub)
         self.groups.start()
         self.publisher.start()

@@ -8,12 +8,14 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from uvicorn.config import LOGGING_CONFIG
 
 _DENIAL_NOISE = "ASGI callable returned without completing handshake."
-_TOKEN = re.compile(r"(token=)[^&\s\"']+")
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s\"']*)=([^&\s\"']*)")
+_AUTHORIZATION = re.compile(r"(authorization:\s*)[^\r\n]*", re.IGNORECASE)
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "color_message", "asctime"}
 
 connections = logging.getLogger("relay.connections")
@@ -29,14 +31,26 @@ class _DenialNoise(logging.Filter):
         return record.getMessage() != _DENIAL_NOISE
 
 
+def redact(text: str) -> str:
+    """``?token=<jwt>`` (however its name is percent-encoded) becomes ``?token=***``; an
+    ``Authorization:`` header line keeps its name only."""
+
+    def param(match: re.Match[str]) -> str:
+        if unquote_plus(match[2]).lower() == "token":
+            return f"{match[1]}{match[2]}=***"
+        return match[0]
+
+    return _AUTHORIZATION.sub(r"\1***", _QUERY_PARAM.sub(param, text))
+
+
 class RedactTokens(logging.Filter):
-    """``?token=<jwt>`` in a logged path becomes ``?token=***``: tokens never reach the logs."""
+    """Tokens never reach the logs, whoever logs the request (uvicorn, websockets, the relay)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = _TOKEN.sub(r"\1***", record.msg)
+            record.msg = redact(record.msg)
         return True
 
 
@@ -58,7 +72,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def install() -> None:
-    for name in ("uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn.error", "uvicorn.access", "websockets", "websockets.server"):
         logger = logging.getLogger(name)
         for kind in (_DenialNoise, RedactTokens):
             if not any(isinstance(f, kind) for f in logger.filters):

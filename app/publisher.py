@@ -24,6 +24,7 @@ Receipt = tuple[str, bool]
 """``(entry id, replayed)``: replayed when an idempotency key named an earlier entry."""
 
 _MAX_BATCH: Final = 2048  # messages per round trip
+MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024  # waiting for Redis, all producers together
 _MAX_REQUEST_BYTES: Final = 512 * 1024  # per script call: keeps each announcement well under Redis's limits
 _MAX_REQUEST_MESSAGES: Final = 512
 
@@ -37,6 +38,17 @@ class Publisher:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: list[_Item] = []
+        self._bytes = 0  # of messages queued or in flight
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def full(self) -> bool:
+        """Too much waits for Redis: producers should stop reading, HTTP publishes get 503."""
+        return not self._room.is_set()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="relay-publisher")
@@ -53,6 +65,9 @@ class Publisher:
         """Queue one message; the future resolves once Redis has it (or fails: not stored)."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._queue.append((channel, data, idempotency_key, future))
+        self._bytes += len(data)
+        if self._bytes > MAX_QUEUED_BYTES:
+            self._room.clear()
         self._ready.set()
         return future
 
@@ -70,6 +85,9 @@ class Publisher:
                 log.exception("publishing a batch failed")
                 self._fail(batch, BrokerUnavailable(f"publish failed: {exc}"))
             self._in_flight = []
+            self._bytes -= sum(len(data) for _, data, _, _ in batch)
+            if self._bytes <= MAX_QUEUED_BYTES // 2:
+                self._room.set()
 
     async def _flush(self, batch: list[_Item]) -> None:
         requests, slots = _group(batch)

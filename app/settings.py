@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
+    def _no_empty_key(self) -> Settings:
+        """``RELAY_JWT_SECRET=`` must not quietly mean "no authentication"."""
+        for name in ("RELAY_JWT_SECRET", "RELAY_JWT_PUBLIC_KEY", "RELAY_JWT_PUBLIC_KEY_FILE"):
+            if name in os.environ and not os.environ[name].strip():
+                raise ValueError(f"{name} is set but empty: set a key, or unset it to run without tokens")
+        return self
+
+    @model_validator(mode="after")
     def _one_key(self) -> Settings:
         if self.jwt_secret is not None and (
             self.jwt_public_key is not None or self.jwt_public_key_file is not None
@@ -104,7 +112,7 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+            return [origin.strip().rstrip("/").lower() for origin in value.split(",") if origin.strip()]
         return value
 
     @field_validator("key_prefix")
@@ -126,6 +134,10 @@ class Settings(BaseSettings):
         if value.lower() not in levels:
             raise ValueError(f"expected one of {', '.join(levels)}, got {value!r}")
         return value.lower()
+
+    @property
+    def tokens_required(self) -> bool:
+        return any(k is not None for k in (self.jwt_secret, self.jwt_public_key, self.jwt_public_key_file))
 
     @property
     def embedded(self) -> bool:

@@ -19,6 +19,7 @@ router = APIRouter()
 
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,200}")
 HISTORY_LIMIT: Final = 1000
+HISTORY_BYTES: Final = 8 * 1024 * 1024  # a page holds at most this much message data
 CHANNELS_LIMIT: Final = 10_000
 
 
@@ -40,6 +41,10 @@ async def publish(
         )
     if relay.draining:
         return error_response(503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL, {"Retry-After": "1"})
+    if relay.publisher.full:
+        return error_response(
+            503, ErrorCode.UNAVAILABLE, "too much is waiting for Redis; retry", {"Retry-After": "1"}
+        )
     limit = relay.settings.max_message_bytes
     body = await _read_body(request, limit)
     if body is None:
@@ -94,9 +99,10 @@ async def history(
         return auth_response(exc)
     if position.latest:
         return error_response(400, ErrorCode.INVALID_ID, "history needs from=0 or an entry id, not $")
+    count = min(limit, max(16, HISTORY_BYTES // relay.settings.max_message_bytes))  # bounded response size
     try:
         page = await relay.broker.read(
-            channel, position.after, until=None, count=limit, report_gap=position.report_gap
+            channel, position.after, until=None, count=count, report_gap=position.report_gap
         )
     except BrokerError as exc:
         return error_response(503, ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": "1"})

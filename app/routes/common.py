@@ -73,7 +73,7 @@ async def admit(
         return None
     origin = websocket.headers.get("origin")
     allowed = relay.settings.allowed_origins
-    if allowed and origin is not None and origin.rstrip("/") not in allowed:
+    if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
         await refuse(websocket, 403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
         return None
     if relay.draining:

@@ -46,16 +46,16 @@ async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
         return
     position = admission.position
     connection = ConsumerConnection(websocket, channel, expires=admission.grant.expires)
-    try:
-        sub = await relay.hub.subscribe(channel, position, connection.wake.set)
-    except BrokerError as exc:
-        await refuse(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot follow the channel now: {exc}")
-        return
-    try:
-        with relay.connection(connection):
+    with relay.connection(connection):  # counted from here: the limit holds while Redis answers
+        try:
+            sub = await relay.hub.subscribe(channel, position, connection.wake.set)
+        except BrokerError as exc:
+            await refuse(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot follow the channel now: {exc}")
+            return
+        try:
             await connection.run(sub, position)
-    finally:
-        relay.hub.unsubscribe(sub)
+        finally:
+            relay.hub.unsubscribe(sub)
 
 
 class ConsumerConnection(Connection):

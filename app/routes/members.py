@@ -35,17 +35,20 @@ async def serve_member(websocket: WebSocket, relay: Relay, channel: str, admissi
     except ProtocolError as exc:
         await refuse(websocket, 400, ErrorCode(exc.code), exc.detail)
         return
-    member = GroupMember(websocket, channel, prefetch, expires=admission.grant.expires)
-    try:
-        membership = await manager.join(channel, group, member, admission.position)
-    except BrokerError as exc:
-        await refuse(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot join the group now: {exc}")
+    if not admission.grant.may_join(group):
+        await refuse(websocket, 403, ErrorCode.FORBIDDEN, f"the token does not allow to join group {group!r}")
         return
-    try:
-        with relay.connection(member):
+    member = GroupMember(websocket, channel, prefetch, expires=admission.grant.expires)
+    with relay.connection(member):  # counted from here: the limit holds while Redis answers
+        try:
+            membership = await manager.join(channel, group, member, admission.position)
+        except BrokerError as exc:
+            await refuse(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot join the group now: {exc}")
+            return
+        try:
             await member.run(membership, group)
-    finally:
-        manager.leave(membership)
+        finally:
+            manager.leave(membership)
 
 
 class GroupMember(Connection):

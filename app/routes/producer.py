@@ -22,7 +22,7 @@ from app import metrics, protocol
 from app.errors import BrokerUnavailable, StorageError
 from app.logs import ConnectionLog, peer_of
 from app.protocol import Close, ErrorCode
-from app.publisher import Receipt
+from app.publisher import Publisher, Receipt
 from app.routes.common import DRAINING_DETAIL, RateLimit, admit, relay_of
 from app.routes.connection import expire_at
 from app.wakeup import Wakeup
@@ -54,7 +54,7 @@ async def _serve(websocket: WebSocket, channel: str) -> None:
     idle = settings.producer_idle_timeout or None
     connection = ProducerConnection(websocket, channel, settings.max_message_bytes, limit, idle)
     with relay.connection(connection):
-        await connection.run(relay.publisher.submit, settings.producer_window, admission.grant.expires)
+        await connection.run(relay.publisher, settings.producer_window, admission.grant.expires)
 
 
 def utf8_length_exceeds(text: str, limit: int) -> bool:
@@ -94,14 +94,14 @@ class ProducerConnection:
             self._queued.set()
             self._room.set()
 
-    async def run(self, submit: Submit, window: int, expires: float | None = None) -> None:
+    async def run(self, publisher: Publisher, window: int, expires: float | None = None) -> None:
         await self.websocket.accept()
         metrics.CONNECTIONS.labels("producer").inc()
         self._log = ConnectionLog("producer", self.channel, peer_of(self.websocket.client))
         replier = asyncio.create_task(self._reply())
         expiry = expire_at(expires, self.request_close)
         try:
-            await self._read(submit, window)
+            await self._read(publisher, window)
             if self._close is not None:
                 self._queued.set()
                 await replier  # it sends the close once every reply is out
@@ -117,11 +117,15 @@ class ProducerConnection:
             else:
                 self._log.closed(self._client_code, "", "client")
 
-    async def _read(self, submit: Submit, window: int) -> None:
+    async def _read(self, publisher: Publisher, window: int) -> None:
         replies = self._replies
+        submit = publisher.submit
         while self._close is None:
             if len(replies) >= window:
                 await self._room.wait()
+                continue
+            if publisher.full:
+                await publisher.wait_for_room()  # all producers together wait for Redis: stop reading
                 continue
             try:
                 async with asyncio.timeout(self._idle_timeout):

@@ -269,3 +269,57 @@ def test_the_cli_carries_a_token(secured: Instance) -> None:
     assert json.loads(tail.stdout)["id"] == json.loads(stored.stdout)["id"]
     listed = run("channels", "--json", RELAY_TOKEN=rights)
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["tokened"]
+
+
+async def test_joining_a_work_queue_needs_the_groups_claim(secured: Instance) -> None:
+    watcher = token(subscribe=["jobs"])  # may watch the channel, not take its work
+    assert await refusal(f"{secured.ws}/ws/consumer/jobs?group=workers&token={watcher}") == (403, "forbidden")
+    worker = token(subscribe=["jobs"], groups=["workers"])
+    async with connect(f"{secured.ws}/ws/consumer/jobs?group=workers&token={worker}") as ws:
+        assert (await recv_json(ws))["group"] == "workers"
+    assert await refusal(f"{secured.ws}/ws/consumer/jobs?group=others&token={worker}") == (403, "forbidden")
+
+
+async def test_a_token_for_another_audience_is_refused_even_without_one_configured(
+    relay: RelayFactory,
+) -> None:
+    a = relay(jwt_secret=SECRET).start()  # no RELAY_JWT_AUDIENCE
+    meant_elsewhere = token(aud="some-other-service", publish=["*"])
+    assert await refusal(f"{a.ws}/ws/producer/c?token={meant_elsewhere}") == (401, "unauthorized")
+    plain = jwt.encode({"exp": time.time() + 300, "publish": ["*"]}, SECRET, algorithm="HS256")
+    async with connect(f"{a.ws}/ws/producer/c?token={plain}") as producer:
+        await producer.send("1")
+        assert (await recv_json(producer))["type"] == "ack"
+
+
+async def test_a_percent_encoded_token_parameter_is_redacted_too(secured: Instance) -> None:
+    secret_token = token(subscribe=["*"])
+    async with consumer(f"{secured.ws}/ws/consumer/c?%74oken={secret_token}"):  # accepted: it is ?token=
+        pass
+    assert secret_token not in secured.log()
+
+
+async def test_the_connection_limit_holds_under_simultaneous_handshakes(relay: RelayFactory) -> None:
+    a = relay(max_connections="3").start()
+
+    async def attempt() -> bool:
+        try:
+            async with consumer(f"{a.ws}/ws/consumer/rush"):
+                await held.wait()
+                return True
+        except InvalidStatus:
+            return False
+
+    held = asyncio.Event()
+    attempts = [asyncio.create_task(attempt()) for _ in range(12)]
+    async with asyncio.timeout(timeout(10)):
+        while sum(t.done() for t in attempts) < 9:  # noqa: ASYNC110 - refusals have no event to wait on
+            await asyncio.sleep(0.02)
+    held.set()
+    assert sum(await asyncio.gather(*attempts)) == 3
+
+
+async def test_allowed_origins_compare_without_case(relay: RelayFactory) -> None:
+    a = relay(allowed_origins="https://App.Example").start()
+    async with consumer(f"{a.ws}/ws/consumer/c", origin="https://app.example"):
+        pass

@@ -108,6 +108,11 @@ async def test_through_the_balancer_nothing_is_lost_when_instances_drain_or_die(
     async with asyncio.timeout(timeout(15)):
         while any(c.position is None for c in consumers):  # noqa: ASYNC110 - the client has no event for it
             await asyncio.sleep(0.05)
+    # the operator's endpoints are not exposed through the public balancer
+    import httpx2
+
+    assert httpx2.get(f"{lb.url}/metrics", timeout=5).status_code == 404
+    assert httpx2.get(f"{instances[0].http}/metrics", timeout=5).status_code == 200
     # leastconn spread them over all three instances
     spread = [consumers_on(i) for i in instances]
     assert all(n >= 1 for n in spread), spread

@@ -88,3 +88,29 @@ async def test_a_failed_round_trip_fails_every_message_in_it() -> None:
                 await asyncio.wait_for(future, 5)
     finally:
         await publisher.close()
+
+
+async def test_too_much_waiting_for_redis_makes_the_publisher_full_until_it_drains() -> None:
+    from app.publisher import MAX_QUEUED_BYTES
+
+    broker = FakeBroker()
+    gate = asyncio.Event()
+    original = broker.publish
+
+    async def slow(requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        await gate.wait()
+        return await original(requests)
+
+    broker.publish = slow  # type: ignore[method-assign]
+    publisher = Publisher(broker)  # type: ignore[arg-type]
+    publisher.start()
+    try:
+        big = "x" * (1024 * 1024)
+        futures = [publisher.submit("a", big) for _ in range(MAX_QUEUED_BYTES // len(big) + 2)]
+        assert publisher.full
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await asyncio.wait_for(publisher.wait_for_room(), 5)
+        assert not publisher.full
+    finally:
+        await publisher.close()

@@ -97,3 +97,9 @@ def test_the_token_secret_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_JWT_SECRET", "short")
     with pytest.raises(ValidationError, match="32 bytes"):
         Settings()
+
+
+def test_an_empty_token_key_is_an_error_not_an_open_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_JWT_SECRET", "")
+    with pytest.raises(ValidationError, match="set but empty"):
+        Settings()
