@@ -28,6 +28,7 @@ DRAINING = Gauge("relay_draining", "1 while the instance drains before stopping.
 REFUSED_FULL = Counter(
     "relay_connections_refused_full_total", "Handshakes refused: RELAY_MAX_CONNECTIONS reached."
 )
+IDLE_CLOSES = Counter("relay_idle_closes_total", "Producers closed after RELAY_PRODUCER_IDLE_TIMEOUT.")
 RATE_LIMITED = Counter("relay_rate_limited_total", "Producer frames refused over RELAY_PUBLISH_RATE.")
 ACKED = Counter("relay_messages_acked_total", "Group messages acknowledged by members (recorded in Redis).")
 DEAD_LETTERED = Counter("relay_messages_dead_lettered_total", "Group messages moved to the dead letters.")

@@ -131,6 +131,7 @@ class ProducerConnection:
                 async with asyncio.timeout(self._idle_timeout):
                     message = await self.websocket.receive()
             except TimeoutError:
+                metrics.IDLE_CLOSES.inc()
                 self.request_close(
                     Close.NORMAL, f"idle for {self._idle_timeout:g}s (RELAY_PRODUCER_IDLE_TIMEOUT)"
                 )
@@ -146,6 +147,7 @@ class ProducerConnection:
                     self._error(ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary")
                 )
             elif utf8_length_exceeds(text, self._max_bytes):
+                metrics.ERRORS.labels(ErrorCode.TOO_LARGE).inc()
                 self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES ({self._max_bytes})")
             elif self._limit is not None and not self._limit.take():
                 metrics.RATE_LIMITED.inc()

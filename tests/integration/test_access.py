@@ -243,6 +243,7 @@ async def test_an_idle_producer_is_closed_after_the_idle_timeout(relay: RelayFac
         started = time.monotonic()
         assert await close_code(producer, within=5) == 1000
         assert time.monotonic() - started > 0.9  # after the timeout, not at once
+    assert a.metric("relay_idle_closes_total") == 1
 
 
 def test_the_cli_carries_a_token(secured: Instance) -> None:
