@@ -80,6 +80,8 @@ class ProducerConnection:
         self._max_bytes = max_bytes
         self._limit = limit
         self._idle_timeout = idle_timeout
+        self._last_frame = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
         self._replies: deque[Reply] = deque()
         self._queued = Wakeup()  # a reply was queued
         self._room = Wakeup()  # a reply was sent
@@ -100,6 +102,8 @@ class ProducerConnection:
         self._log = ConnectionLog("producer", self.channel, peer_of(self.websocket.client))
         replier = asyncio.create_task(self._reply())
         expiry = expire_at(expires, self.request_close)
+        self._last_frame = asyncio.get_running_loop().time()
+        idle = self._watch_idle()
         try:
             await self._read(publisher, window)
             if self._close is not None:
@@ -109,17 +113,33 @@ class ProducerConnection:
             pass
         finally:
             replier.cancel()
-            if expiry is not None:
-                expiry.cancel()
+            for timer in (expiry, idle, self._idle_handle):
+                if timer is not None:
+                    timer.cancel()
             metrics.CONNECTIONS.labels("producer").dec()
             if self._close is not None:
                 self._log.closed(self._close[0], self._close[1], "relay")
             else:
                 self._log.closed(self._client_code, "", "client")
 
+    def _watch_idle(self) -> asyncio.TimerHandle | None:
+        """Close a producer that sent nothing for the idle timeout (a timer, not a per-frame cost)."""
+        timeout = self._idle_timeout
+        if timeout is None:
+            return None
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_frame
+        if quiet >= timeout:
+            metrics.IDLE_CLOSES.inc()
+            self.request_close(Close.NORMAL, f"idle for {timeout:g}s (RELAY_PRODUCER_IDLE_TIMEOUT)")
+            return None
+        self._idle_handle = loop.call_later(timeout - quiet, self._watch_idle)
+        return self._idle_handle
+
     async def _read(self, publisher: Publisher, window: int) -> None:
         replies = self._replies
         submit = publisher.submit
+        loop = asyncio.get_running_loop()
         while self._close is None:
             if len(replies) >= window:
                 await self._room.wait()
@@ -127,15 +147,8 @@ class ProducerConnection:
             if publisher.full:
                 await publisher.wait_for_room()  # all producers together wait for Redis: stop reading
                 continue
-            try:
-                async with asyncio.timeout(self._idle_timeout):
-                    message = await self.websocket.receive()
-            except TimeoutError:
-                metrics.IDLE_CLOSES.inc()
-                self.request_close(
-                    Close.NORMAL, f"idle for {self._idle_timeout:g}s (RELAY_PRODUCER_IDLE_TIMEOUT)"
-                )
-                return
+            message = await self.websocket.receive()
+            self._last_frame = loop.time()
             if message["type"] == "websocket.disconnect":
                 self._client_code = message.get("code")
                 return
