@@ -81,10 +81,6 @@ class Authenticator:
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway
 
-    @property
-    def enabled(self) -> bool:
-        return self._key is not None
-
     def grant(self, connection: HTTPConnection) -> Grant:
         """What the request's token allows; raises AuthError (401) when it carries no valid one."""
         if self._key is None:

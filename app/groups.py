@@ -28,8 +28,7 @@ from typing import Final, Protocol
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app import metrics, streamid
-from app.broker import Delivery
-from app.broker_redis import RedisBroker
+from app.broker import Broker, Delivery
 from app.errors import BrokerError, GroupMissing
 from app.hub import Hub
 from app.protocol import Position
@@ -291,7 +290,7 @@ class GroupReader:
 class GroupManager:
     """Every group reader of this process, and its heartbeat (how the janitor tells it lives)."""
 
-    def __init__(self, broker: RedisBroker, hub: Hub, settings: Settings) -> None:
+    def __init__(self, broker: Broker, hub: Hub, settings: Settings) -> None:
         self.broker = broker
         self.hub = hub
         self.settings = settings

@@ -19,8 +19,7 @@ from typing import Final
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app import metrics, protocol, streamid
-from app.broker import Entry
-from app.broker_redis import RedisBroker
+from app.broker import Broker, Entry
 from app.errors import BrokerError
 from app.protocol import Position
 from app.streamid import StreamId
@@ -203,7 +202,7 @@ class Topic:
 class Hub:
     """Fan-out within one instance; the broker's listener."""
 
-    def __init__(self, broker: RedisBroker, *, buffer: int) -> None:
+    def __init__(self, broker: Broker, *, buffer: int) -> None:
         self.broker = broker
         self._buffer = buffer
         self._topics: dict[str, Topic] = {}

@@ -14,8 +14,7 @@ from collections import deque
 from typing import Final
 
 from app import metrics
-from app.broker import PublishRequest
-from app.broker_redis import RedisBroker
+from app.broker import Broker, PublishRequest
 from app.errors import BrokerError, BrokerUnavailable, StorageError
 
 log = logging.getLogger("relay.publisher")
@@ -32,7 +31,7 @@ _Item = tuple[str, str, str | None, "asyncio.Future[Receipt]"]
 
 
 class Publisher:
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._queue: deque[_Item] = deque()
         self._ready = asyncio.Event()
