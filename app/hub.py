@@ -23,10 +23,12 @@ from app.broker import Broker, Entry
 from app.errors import BrokerError
 from app.protocol import Position
 from app.streamid import StreamId
-from app.subscription import PAGE, Subscription, text_message
+from app.subscription import PAGE, Subscription
+from app.wire import Outgoing
 
 log = logging.getLogger("relay.hub")
 _observe_latency = metrics.FANOUT_LATENCY.observe
+_count_delivered = metrics.DELIVERED.inc
 
 _HELD_ENTRIES: Final = 10_000  # announced entries held per topic while it reads; beyond, re-read
 _HELD_BYTES: Final = 8 * 1024 * 1024
@@ -107,15 +109,18 @@ class Topic:
         channel = self.channel
         subs = self.subs
         now_ms = time.time() * 1000
+        written = 0
         for entry_id, data in entries:
             sid = streamid.parse(entry_id)
             if sid <= last:
                 continue
             self.last = last = sid  # kept current: a malformed id later in the batch stops here
-            message = text_message(protocol.message_frame(entry_id, channel, data))
+            message = Outgoing(protocol.message_frame(entry_id, channel, data))
             for sub in subs:
-                sub.push(sid, message)
+                written += sub.push(sid, message)
             _observe_latency((now_ms - sid[0]) / 1000)
+        if written:
+            _count_delivered(written)  # the rest is counted by each connection's writer
         self._notify()
 
     def _notify(self) -> None:

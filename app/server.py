@@ -13,6 +13,7 @@ from app import logs
 from app.lifecycle import Relay
 from app.main import create_app
 from app.settings import Settings
+from app.wire import WireProtocol
 
 log = logging.getLogger("relay")
 
@@ -50,7 +51,7 @@ def serve(settings: Settings) -> None:
         log_config=logs.uvicorn_config(
             "debug" if settings.log_level == "trace" else settings.log_level, settings.log_format
         ),
-        ws="websockets-sansio",
+        ws=WireProtocol,
         ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
         ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),

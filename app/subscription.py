@@ -11,6 +11,11 @@ A resume (``from=<id>``) starts behind; a consumer whose buffer overflows drops 
 falls behind. Either way it catches up from the stream, page by page, and then continues from the
 buffer, so no message is lost or repeated at the seam (``docs/design.md``). Memory per
 subscription is bounded by the buffer and one page; a slow consumer never slows the others.
+
+While the connection's writer has nothing to send it may *park* the subscription on its wire
+(:mod:`app.wire`): live messages are then written to the transport at once, in the fan-out, with
+no buffer and no wake-up. Anything else (a transport that stops taking data, a loss, falling
+behind) unparks it, and the writer takes over again from the buffer, in order.
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ from typing import Final, Protocol
 from app import metrics, protocol, streamid
 from app.broker import Page
 from app.streamid import StreamId
-
-Message = dict[str, str]
-"""An ASGI ``websocket.send`` message, built once per message and shared by every consumer."""
+from app.wire import Outgoing, Wire
 
 PAGE: Final = 500
 _LIVE_BATCH: Final = 64
@@ -34,10 +37,6 @@ class Reader(Protocol):
     def __call__(
         self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
     ) -> Awaitable[Page]: ...
-
-
-def text_message(frame: str) -> Message:
-    return {"type": "websocket.send", "text": frame}
 
 
 class Subscription:
@@ -53,6 +52,7 @@ class Subscription:
         "_wake",
         "channel",
         "last",
+        "parked",
     )
 
     def __init__(
@@ -72,11 +72,12 @@ class Subscription:
         self._behind = last < base
         self._report_gap = report_gap or not self._behind  # only the first read may skip it
         self._gap_from: StreamId | None = None  # a loss to report before the next message
-        self._live: deque[tuple[StreamId, Message | None]] = deque()  # None: a loss marker
+        self._live: deque[tuple[StreamId, Outgoing | None]] = deque()  # None: a loss marker
         self._losses = 0  # loss markers in _live
         self._limit = limit
         self._reader = reader
         self._wake = wake
+        self.parked: Wire | None = None  # live messages go straight to this wire
 
     @property
     def behind(self) -> bool:
@@ -86,8 +87,22 @@ class Subscription:
     def buffered(self) -> int:
         return len(self._live)
 
-    def push(self, sid: StreamId, message: Message) -> None:
-        """A live message from the topic. Never blocks; on overflow, fall behind instead."""
+    def park(self, wire: Wire) -> None:
+        """The writer is idle: write live messages to ``wire`` from now on (see the module doc)."""
+        if not self._behind and not self._live and self._gap_from is None:
+            self.parked = wire
+
+    def push(self, sid: StreamId, message: Outgoing) -> bool:
+        """A live message from the topic; True when it was written to the wire already.
+
+        Never blocks; on overflow, fall behind instead.
+        """
+        wire = self.parked
+        if wire is not None:
+            if wire.write(message.raw):
+                self.last = sid
+                return True
+            self.parked = None  # later messages must not overtake this one
         live = self._live
         if len(live) >= self._limit:
             self._clear()
@@ -98,26 +113,30 @@ class Subscription:
         else:
             live.append((sid, message))
         self._wake()
+        return False
 
     def push_loss(self) -> None:
         """Entries before the next live message vanished from the stream (not by retention, so
         no read would tell): report a gap right before that message."""
+        self.parked = None
         self._live.append((self.last, None))
         self._losses += 1
 
     def fall_behind(self, base: StreamId) -> None:
         """The topic could not pass on what precedes ``base``: read it from the stream."""
+        self.parked = None
         self._clear()
         self._base = base
         self._behind = True
         self._wake()
 
-    async def take(self) -> list[Message]:
+    async def take(self) -> list[Outgoing]:
         """The next messages to send, in order; empty when there is nothing right now."""
+        self.parked = None
         if self._behind:
             return await self._catch_up()
         live = self._live
-        out: list[Message] = []
+        out: list[Outgoing] = []
         last = self.last
         first: StreamId | None = None
         while live and len(out) < _LIVE_BATCH:
@@ -138,7 +157,7 @@ class Subscription:
             out.insert(0, self._gap_message(streamid.format_id(first)))
         return out
 
-    async def _catch_up(self) -> list[Message]:
+    async def _catch_up(self) -> list[Outgoing]:
         target = self._base
         after = self.last
         page = await self._reader(self.channel, after, until=target, count=PAGE, report_gap=self._report_gap)
@@ -146,12 +165,12 @@ class Subscription:
         entries = page.entries
         if page.lost_until is not None and self._gap_from is None:
             self._gap_from = after
-        out: list[Message] = []
+        out: list[Outgoing] = []
         if entries and self._gap_from is not None:
             out.append(self._gap_message(entries[0][0]))
         channel = self.channel
         for entry_id, data in entries:
-            out.append(text_message(protocol.message_frame(entry_id, channel, data)))
+            out.append(Outgoing(protocol.message_frame(entry_id, channel, data)))
         if entries:
             self.last = streamid.parse(entries[-1][0])
         if len(entries) < PAGE:  # nothing more up to target
@@ -165,10 +184,10 @@ class Subscription:
             self._losses = 0
         self._live.clear()
 
-    def _gap_message(self, next_id: str) -> Message:
+    def _gap_message(self, next_id: str) -> Outgoing:
         """Retention removed messages after ``_gap_from``: say so, naming the next one delivered."""
         assert self._gap_from is not None
         frame = protocol.gap_frame(streamid.format_id(self._gap_from), next_id)
         self._gap_from = None
         metrics.GAPS.inc()
-        return text_message(frame)
+        return Outgoing(frame)

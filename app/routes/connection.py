@@ -90,6 +90,10 @@ class Connection:
     async def wait_closing(self) -> None:
         await self._closing.wait()
 
+    @property
+    def has_answers(self) -> bool:
+        return bool(self._control)
+
     async def send_answers(self) -> None:
         while self._control:
             await self.websocket.send_text(self._control.popleft())

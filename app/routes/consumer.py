@@ -1,7 +1,9 @@
 """``WS /ws/consumer/{channel}``: fan-out consumers.
 
 Each connection has two tasks: the handler, which writes (the subscription's frames, in order),
-and a reader that notices the client leaving. The fan-out never waits for either.
+and a reader that notices the client leaving. The fan-out never waits for either: when the
+handler has nothing to send it parks the subscription on the connection's wire, and live messages
+are written by the fan-out itself (:mod:`app.wire`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.routes.common import admit, refuse, relay_of
 from app.routes.connection import Connection
 from app.routes.members import serve_member
 from app.subscription import Subscription
+from app.wire import send_frames, wire_of
 
 router = APIRouter()
 log = logging.getLogger("relay.consumer")
@@ -74,6 +77,7 @@ class ConsumerConnection(Connection):
         sub = self._sub
         assert sub is not None
         websocket = self.websocket
+        wire = wire_of(websocket)
         backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
         failures = 0
         while not self.closing:
@@ -89,10 +93,11 @@ class ConsumerConnection(Connection):
                 continue
             failures = 0
             if not batch:
+                if wire is not None and not self.has_answers:
+                    sub.park(wire)
                 await self.wake.wait()
                 continue
-            for message in batch:
-                await websocket.send(message)
+            await send_frames(websocket, wire, batch)
             metrics.DELIVERED.inc(len(batch))
 
     def on_frame(self, message: Any) -> None:

@@ -14,8 +14,9 @@ from app.broker import PublishRequest
 from app.broker_redis import RedisBroker
 from app.errors import BrokerError
 from app.hub import Hub
-from app.subscription import Message, Subscription
+from app.subscription import Subscription
 from app.wakeup import Wakeup
+from app.wire import Outgoing
 from tests.contract.conftest import raw
 from tests.support import timeout
 
@@ -29,9 +30,9 @@ class Client:
         self.wake = Wakeup()
         self.sub: Subscription | None = None
 
-    async def take(self, count: int) -> list[Message]:
+    async def take(self, count: int) -> list[Outgoing]:
         assert self.sub is not None
-        out: list[Message] = []
+        out: list[Outgoing] = []
         async with asyncio.timeout(timeout(5)):
             while len(out) < count:
                 batch = await self.sub.take()
@@ -58,8 +59,8 @@ async def open_hub(open_broker: OpenBroker) -> tuple[Hub, RedisBroker]:
     return hubs[0], broker
 
 
-def payloads(messages: list[Message]) -> list[Any]:
-    return [json.loads(m["text"])["data"] for m in messages]
+def payloads(messages: list[Outgoing]) -> list[Any]:
+    return [json.loads(m.asgi["text"])["data"] for m in messages]
 
 
 async def test_each_message_is_built_once_for_every_local_consumer(open_broker: OpenBroker) -> None:

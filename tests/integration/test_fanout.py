@@ -175,3 +175,23 @@ async def test_slow_consumer_falls_back_to_redis_without_loss_or_delaying_others
         assert a.metric("relay_slow_consumer_events_total") >= 1
         # the stalled consumer, reading at last, gets everything in order
         assert [m["id"] for m in await recv_messages(stalled, total, within=60)] == ids
+
+
+async def test_compressed_and_plain_consumers_get_the_same_messages(relay: RelayFactory) -> None:
+    """With permessage-deflate on, consumers that negotiated it and consumers that did not both
+    get every message in order (the prepared frames are only written where no extension is)."""
+    a = relay(ws_per_message_deflate="true").start()
+    async with (
+        connect(f"{a.ws}/ws/consumer/zip", compression="deflate") as zipped,
+        connect(f"{a.ws}/ws/consumer/zip", compression=None) as plain,
+    ):
+        assert zipped.protocol.extensions, "the server did not negotiate permessage-deflate"
+        assert not plain.protocol.extensions
+        for ws in (zipped, plain):
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+        values = [{"n": n, "pad": "z" * 300} for n in range(50)]
+        await publish_all(f"{a.ws}/ws/producer/zip", values)
+        for ws in (zipped, plain):
+            async with asyncio.timeout(timeout(10)):
+                got = [json.loads(await ws.recv()) for _ in values]
+            assert [m["data"] for m in got] == values

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from app import protocol, streamid
 from app.broker import Page
 from app.streamid import StreamId
-from app.subscription import PAGE, Message, Subscription, text_message
+from app.subscription import PAGE, Subscription
+from app.wire import Outgoing
 
 
 class FakeStream:
@@ -19,11 +20,11 @@ class FakeStream:
         self.reads = 0
         self.during_read: Callable[[], None] | None = None
 
-    def add(self, n: int) -> tuple[StreamId, Message]:
+    def add(self, n: int) -> tuple[StreamId, Outgoing]:
         self.added += 1
         entry_id = f"{self.added}-0"
         self.entries.append((entry_id, json.dumps(n)))
-        return streamid.parse(entry_id), text_message(protocol.message_frame(entry_id, "c", json.dumps(n)))
+        return streamid.parse(entry_id), Outgoing(protocol.message_frame(entry_id, "c", json.dumps(n)))
 
     def trim(self, keep: int) -> None:
         removed, self.entries = self.entries[:-keep], self.entries[-keep:]
@@ -61,7 +62,7 @@ async def drain(sub: Subscription) -> list[dict[str, object]]:
         batch = await sub.take()
         if not batch:
             return frames
-        frames.extend(json.loads(m["text"]) for m in batch)
+        frames.extend(json.loads(m.asgi["text"]) for m in batch)
     raise AssertionError("take() never ran dry")
 
 
@@ -178,3 +179,86 @@ async def test_a_loss_marker_becomes_a_gap_frame_even_when_an_overflow_drops_it(
     frames = await drain(sub)
     assert frames[0]["type"] == "gap"
     assert data(frames) == [0, 1, 2, 3, 4]
+
+
+class FakeWire:
+    """Takes frames while ``open``, like a transport below its high-water mark."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> bool:
+        if self.open:
+            self.written.append(data)
+        return self.open
+
+    def frames(self) -> list[dict[str, object]]:
+        return [json.loads(raw[2:]) for raw in self.written]  # payloads under 126 bytes
+
+
+def parked(sub: Subscription, wire: FakeWire) -> None:
+    sub.park(wire)  # type: ignore[arg-type]
+
+
+async def test_a_parked_subscription_writes_live_messages_to_the_wire_without_buffering() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0))
+    wire = FakeWire()
+    parked(sub, wire)
+    assert [sub.push(*stream.add(n)) for n in range(3)] == [True, True, True]
+    assert [f["data"] for f in wire.frames()] == [0, 1, 2]
+    assert sub.buffered == 0
+    assert sub.last == (3, 0)
+    assert await drain(sub) == []
+
+
+async def test_a_wire_that_stops_taking_data_unparks_and_nothing_overtakes() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0))
+    wire = FakeWire()
+    parked(sub, wire)
+    sub.push(*stream.add(0))
+    wire.open = False
+    assert sub.push(*stream.add(1)) is False  # buffered: the writer sends it
+    wire.open = True  # the transport drained, but the writer has not run yet
+    assert sub.push(*stream.add(2)) is False  # must queue behind 1, not jump ahead of it
+    assert [f["data"] for f in wire.frames()] == [0]
+    assert data(await drain(sub)) == [1, 2]
+
+
+async def test_no_parking_while_anything_is_owed() -> None:
+    stream = FakeStream()
+    for n in range(3):
+        stream.add(n)
+    behind = make(stream, (0, 0), (3, 0))
+    wire = FakeWire()
+    parked(behind, wire)
+    assert behind.push(*stream.add(3)) is False
+    assert data(await drain(behind)) == [0, 1, 2, 3]
+
+    buffered = make(stream, (4, 0), (4, 0))
+    buffered.push(*stream.add(4))
+    parked(buffered, wire)
+    assert buffered.push(*stream.add(5)) is False
+    assert data(await drain(buffered)) == [4, 5]
+    assert wire.written == []
+
+
+async def test_a_loss_or_falling_behind_unparks() -> None:
+    stream = FakeStream()
+    sub = make(stream, (0, 0), (0, 0))
+    wire = FakeWire()
+    parked(sub, wire)
+    sub.push_loss()
+    sub.push(*stream.add("after"))
+    frames = await drain(sub)
+    assert [f["type"] for f in frames] == ["gap", "message"]
+    assert wire.written == []
+
+    parked(sub, wire)
+    stream.add("missed")
+    sub.fall_behind(streamid.parse(stream.entries[-1][0]))
+    assert sub.push(*stream.add("next")) is False
+    assert data(await drain(sub)) == ["missed", "next"]
+    assert wire.written == []

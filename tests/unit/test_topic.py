@@ -67,7 +67,7 @@ async def received(sub: Any, wake: Wakeup, count: int) -> list[Any]:
             batch = await sub.take()
             if not batch:
                 await wake.wait()
-            out.extend(json.loads(m["text"]) for m in batch)
+            out.extend(json.loads(m.asgi["text"]) for m in batch)
     return [frame.get("data", frame) for frame in out]  # a message's data, any other frame whole
 
 

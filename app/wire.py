@@ -1,0 +1,164 @@
+"""Frames written straight to a connection's transport: the fan-out's fast path.
+
+Through ASGI, every delivery is a ``websocket.send`` message that Starlette and uvicorn turn into
+a frame for that one socket. A message fanned out to many consumers is the same frame for all of
+them (server frames are not masked), so the relay builds it once (:class:`Outgoing`) and writes the
+bytes to each transport. ``relay serve`` runs uvicorn with :class:`WireProtocol`, its
+``websockets-sansio`` implementation plus an ASGI scope extension, ``relay.wire``, holding the
+connection's :class:`Wire`. Where the extension is missing (another server, Starlette's test
+client), :func:`wire_of` returns None and everything goes through ASGI as usual.
+
+A :class:`Wire` is *open* from the accepted handshake until a close frame went out, the client
+left or the transport stopped accepting data (its buffer over the high-water mark): only then may
+bytes be written without waiting. Connections that negotiated an extension (permessage-deflate)
+get no wire: their frames must go through the extension.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+EXTENSION: Final = "relay.wire"
+_GONE: Final = 1006
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 section 5.2) carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+class Outgoing:
+    """One frame for many consumers: the ASGI message and the bytes for the wire, built once."""
+
+    __slots__ = ("asgi", "raw")
+
+    def __init__(self, text: str) -> None:
+        self.asgi = {"type": "websocket.send", "text": text}
+        self.raw = text_frame(text.encode())
+
+
+class Wire:
+    """Writes prepared frames to one connection's transport."""
+
+    __slots__ = ("_protocol", "open")
+
+    def __init__(self, protocol: WireProtocol) -> None:
+        self._protocol = protocol
+        self.open = False
+
+    def write(self, data: bytes) -> bool:
+        """Write now if the wire is open; False (nothing written) otherwise. Never waits."""
+        if self.open:
+            self._protocol.transport.write(data)
+            return True
+        return False
+
+    async def send(self, data: bytes) -> None:
+        """Write once the transport takes data; WebSocketDisconnect when the client is gone."""
+        protocol = self._protocol
+        if not self.open:
+            await protocol.writable.wait()
+            if not self.open:
+                raise WebSocketDisconnect(_GONE)
+        protocol.transport.write(data)
+
+
+class WireProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, offering a :class:`Wire` to the application.
+
+    The wire's ``open`` flag follows the protocol's own state: the handshake, a close frame sent
+    (``close_sent`` is set in several places upstream, hence the properties), the client gone,
+    the transport paused or closing.
+    """
+
+    _handshake_complete = False
+    _close_sent = False
+    _disconnected = False
+    _paused = False
+    _wire: Wire | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None and not self.conn.extensions:
+            self._wire = Wire(self)
+            scope["extensions"][EXTENSION] = {"wire": self._wire}
+
+    def _update(self) -> None:
+        wire = self._wire
+        if wire is not None:
+            wire.open = (
+                self._handshake_complete
+                and not self._close_sent
+                and not self._disconnected
+                and not self._paused
+                and not self.transport.is_closing()
+            )
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self._handshake_complete
+
+    @handshake_complete.setter
+    def handshake_complete(self, value: bool) -> None:
+        self._handshake_complete = value
+        self._update()
+
+    @property
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        self._close_sent = value
+        self._update()
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    @disconnected.setter
+    def disconnected(self, value: bool) -> None:
+        self._disconnected = value
+        self._update()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._update()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._update()
+        super().resume_writing()
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)  # the client's close: answered, and the transport closed
+        self._update()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._update()
+
+
+def wire_of(websocket: WebSocket) -> Wire | None:
+    extension = websocket.scope.get("extensions", {}).get(EXTENSION)
+    return None if extension is None else extension.get("wire")
+
+
+async def send_frames(websocket: WebSocket, wire: Wire | None, frames: list[Outgoing]) -> None:
+    """Send ``frames`` in order: one write on the wire, or one ASGI message each without it."""
+    if wire is not None:
+        await wire.send(frames[0].raw if len(frames) == 1 else b"".join([f.raw for f in frames]))
+        return
+    for frame in frames:
+        await websocket.send(frame.asgi)
