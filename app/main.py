@@ -9,13 +9,29 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from app import __version__, logs
 from app.lifecycle import Relay
 from app.protocol import ErrorCode
-from app.routes import channels, consumer, health, producer
+from app.routes import channels, health, sockets
 from app.routes.common import error_response
 from app.settings import Settings
+
+
+class RelayApp(FastAPI):
+    """FastAPI, with the relay's WebSocket endpoints dispatched ahead of it (:mod:`app.routes.sockets`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            found = sockets.match(scope)
+            if found is not None:
+                endpoint, channel = found
+                scope["app"] = self
+                await endpoint(WebSocket(scope, receive, send), channel)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,8 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await relay.stop()
 
-    app = FastAPI(title="relay", version=__version__, lifespan=lifespan)
-    for module in (producer, consumer, channels, health):
+    app = RelayApp(title="relay", version=__version__, lifespan=lifespan)
+    for module in (channels, health):
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app

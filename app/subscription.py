@@ -72,7 +72,8 @@ class Subscription:
         self._behind = last < base
         self._report_gap = report_gap or not self._behind  # only the first read may skip it
         self._gap_from: StreamId | None = None  # a loss to report before the next message
-        self._live: deque[tuple[StreamId, Outgoing | None]] = deque()  # None: a loss marker
+        # made when first needed (a parked subscription never needs it); None entries: loss markers
+        self._live: deque[tuple[StreamId, Outgoing | None]] | None = None
         self._losses = 0  # loss markers in _live
         self._limit = limit
         self._reader = reader
@@ -85,7 +86,7 @@ class Subscription:
 
     @property
     def buffered(self) -> int:
-        return len(self._live)
+        return len(self._live) if self._live is not None else 0
 
     def park(self, wire: Wire) -> None:
         """The writer is idle: write live messages to ``wire`` from now on (see the module doc)."""
@@ -104,6 +105,8 @@ class Subscription:
                 return True
             self.parked = None  # later messages must not overtake this one
         live = self._live
+        if live is None:
+            live = self._live = deque()
         if len(live) >= self._limit:
             self._clear()
             self._base = sid
@@ -119,6 +122,8 @@ class Subscription:
         """Entries before the next live message vanished from the stream (not by retention, so
         no read would tell): report a gap right before that message."""
         self.parked = None
+        if self._live is None:
+            self._live = deque()
         self._live.append((self.last, None))
         self._losses += 1
 
@@ -136,6 +141,8 @@ class Subscription:
         if self._behind:
             return await self._catch_up()
         live = self._live
+        if not live:
+            return []
         out: list[Outgoing] = []
         last = self.last
         first: StreamId | None = None
@@ -182,7 +189,7 @@ class Subscription:
         if self._losses:  # a loss marker is about to go: keep what it had to say
             self._gap_from = self._gap_from or self.last
             self._losses = 0
-        self._live.clear()
+        self._live = None  # and its memory with it
 
     def _gap_message(self, next_id: str) -> Outgoing:
         """Retention removed messages after ``_gap_from``: say so, naming the next one delivered."""

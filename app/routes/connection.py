@@ -33,24 +33,31 @@ class Connection:
         self._client_code: int | None = None
         self._log: ConnectionLog | None = None
         self.wake = Wakeup()
-        self._control: deque[str] = deque()
-        self._flood = FloodGuard()
-        self._closing = asyncio.Event()
+        # made when first needed: most connections never need them, and thousands sit idle
+        self._control: deque[str] | None = None
+        self._flood: FloodGuard | None = None
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
         self._close: tuple[int, str] | None = None
 
     def request_close(self, code: int, reason: str) -> None:
-        if not self._closing.is_set():
+        if not self._closing:
             self._close = (code, reason)
             self._stop()
 
     def answer(self, code: ErrorCode, detail: str, *, flood: bool = True) -> None:
         """Queue an error frame. ``flood``: it answers a bad frame of the client's, which counts."""
-        if flood and self._flood.flooding():
-            self.request_close(Close.POLICY, FLOOD_REASON)
-            return
+        if flood:
+            if self._flood is None:
+                self._flood = FloodGuard()
+            if self._flood.flooding():
+                self.request_close(Close.POLICY, FLOOD_REASON)
+                return
         metrics.ERRORS.labels(code).inc()
         if self._log is not None:
             self._log.error(code, detail)
+        if self._control is None:
+            self._control = deque()
         self._control.append(protocol.error_frame(code, detail))
         self.wake.set()
 
@@ -85,18 +92,22 @@ class Connection:
 
     @property
     def closing(self) -> bool:
-        return self._closing.is_set()
+        return self._closing
 
     async def wait_closing(self) -> None:
-        await self._closing.wait()
+        if not self._closing:
+            if self._closed is None:
+                self._closed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._closed)
 
     @property
     def has_answers(self) -> bool:
         return bool(self._control)
 
     async def send_answers(self) -> None:
-        while self._control:
-            await self.websocket.send_text(self._control.popleft())
+        control = self._control
+        while control:
+            await self.websocket.send_text(control.popleft())
 
     async def write(self) -> None:
         """Send until closing; answers first (``send_answers``)."""
@@ -107,7 +118,9 @@ class Connection:
         raise NotImplementedError
 
     def _stop(self) -> None:
-        self._closing.set()
+        self._closing = True
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         self.wake.set()
 
     async def _read(self) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Query, WebSocket
+from fastapi import WebSocket
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app import metrics, protocol, streamid
@@ -25,22 +25,12 @@ from app.routes.members import serve_member
 from app.subscription import Subscription
 from app.wire import send_frames, wire_of
 
-router = APIRouter()
 log = logging.getLogger("relay.consumer")
 
 
-@router.websocket("/ws/consumer/{channel}")
-async def consumer(websocket: WebSocket, channel: str, from_: str | None = Query(None, alias="from")) -> None:
-    await _serve(websocket, channel, from_)
-
-
-@router.websocket("/ws/consumer")
-async def default_consumer(websocket: WebSocket, from_: str | None = Query(None, alias="from")) -> None:
-    await _serve(websocket, protocol.DEFAULT_CHANNEL, from_)
-
-
-async def _serve(websocket: WebSocket, channel: str, from_: str | None) -> None:
-    admission = await admit(websocket, channel, from_)
+async def serve(websocket: WebSocket, channel: str) -> None:
+    """``WS /ws/consumer/{channel}?from=&group=&prefetch=`` (dispatched by :mod:`app.routes.sockets`)."""
+    admission = await admit(websocket, channel, websocket.query_params.get("from"))
     if admission is None:
         return
     relay = relay_of(websocket)

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 import orjson
-from fastapi import APIRouter, WebSocket
+from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from app import metrics, protocol
@@ -27,24 +27,14 @@ from app.routes.common import DRAINING_DETAIL, RateLimit, admit, relay_of
 from app.routes.connection import expire_at
 from app.wakeup import Wakeup
 
-router = APIRouter()
 log = logging.getLogger("relay.producer")
 
 Reply = str | asyncio.Future[Receipt]
 Submit = Callable[[str, str], asyncio.Future[Receipt]]
 
 
-@router.websocket("/ws/producer/{channel}")
-async def producer(websocket: WebSocket, channel: str) -> None:
-    await _serve(websocket, channel)
-
-
-@router.websocket("/ws/producer")
-async def default_producer(websocket: WebSocket) -> None:
-    await _serve(websocket, protocol.DEFAULT_CHANNEL)
-
-
-async def _serve(websocket: WebSocket, channel: str) -> None:
+async def serve(websocket: WebSocket, channel: str) -> None:
+    """``WS /ws/producer/{channel}`` (dispatched by :mod:`app.routes.sockets`)."""
     admission = await admit(websocket, channel, publish=True)
     if admission is None:
         return
