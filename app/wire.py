@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -64,6 +65,11 @@ class Wire:
             return True
         return False
 
+    @property
+    def inbox(self) -> Inbox:
+        """The connection's incoming events; whoever sets its listener may read without waiting."""
+        return self._protocol.queue  # type: ignore[return-value]
+
     async def send(self, data: bytes) -> None:
         """Write once the transport takes data; WebSocketDisconnect when the client is gone."""
         protocol = self._protocol
@@ -81,11 +87,12 @@ class Inbox:
     weigh 2.3 KB, a tenth of an idle consumer; only what the protocol uses of it is here.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "listener")
 
     def __init__(self) -> None:
         self._items: deque[Any] | list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.listener: Callable[[Any], None] | None = None  # told of each event as it arrives
 
     def put_nowait(self, item: Any) -> None:
         items = self._items
@@ -95,6 +102,8 @@ class Inbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.listener is not None:
+            self.listener(item)
 
     def empty(self) -> bool:
         return not self._items

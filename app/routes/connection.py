@@ -1,8 +1,10 @@
 """What a consumer connection and a group member's connection share.
 
-Each has two tasks: the handler writes (a first frame, then whatever the subclass has to send,
-with error answers going first), and a reader takes the client's frames. Closing is asked for
-(drain, flood) with ``request_close``; a client that leaves just stops both.
+The handler writes (a first frame, then whatever the subclass has to send, with error answers
+going first); the client's frames are taken by a reader task, or, for a subclass that reads
+``inline`` on a connection with a wire (:mod:`app.wire`), by the handler itself: the wire's inbox
+wakes it when something arrives, and an idle consumer costs one task instead of two. Closing is
+asked for (drain, flood) with ``request_close``; a client that leaves just stops both.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from app.logs import ConnectionLog, peer_of
 from app.protocol import Close, ErrorCode
 from app.routes.common import FLOOD_REASON, FloodGuard
 from app.wakeup import Wakeup
+from app.wire import Inbox, wire_of
 
 
 class Connection:
     role = "consumer"
+    inline = False  # read the client's frames in the handler (subclasses that call receive_pending)
 
     def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None = None) -> None:
         self.websocket = websocket
@@ -39,6 +43,7 @@ class Connection:
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
         self._close: tuple[int, str] | None = None
+        self._inbox: Inbox | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         if not self._closing:
@@ -66,7 +71,15 @@ class Connection:
         await websocket.accept()
         metrics.CONNECTIONS.labels(self.role).inc()
         self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
-        reader = asyncio.create_task(self._read())
+        wire = wire_of(websocket) if self.inline else None
+        reader: asyncio.Task[None] | None = None
+        if wire is None:
+            reader = asyncio.create_task(self._read())
+        else:
+            self._inbox = wire.inbox
+            self._inbox.listener = self._on_event
+            if not self._inbox.empty():
+                self.wake.set()  # it arrived before the listener: the handler must look
         expiry = expire_at(self._expires, self.request_close)
         try:
             await websocket.send_text(first_frame)
@@ -76,7 +89,10 @@ class Connection:
         except WebSocketDisconnect:
             pass
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
+            if self._inbox is not None:
+                self._inbox.listener = None
             if expiry is not None:
                 expiry.cancel()
             metrics.CONNECTIONS.labels(self.role).dec()
@@ -122,6 +138,25 @@ class Connection:
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self.wake.set()
+
+    def _on_event(self, message: Any) -> None:
+        if message["type"] == "websocket.disconnect":
+            self._client_code = message.get("code")
+            self._stop()  # the client is gone: stop writing, send no close frame
+        else:
+            self.wake.set()
+
+    async def receive_pending(self) -> None:
+        """Act on the client's frames that arrived (inline reading); never waits for more."""
+        inbox = self._inbox
+        if inbox is None:
+            return
+        for _ in range(inbox.qsize()):
+            message = await self.websocket.receive()  # there: returns without waiting
+            if message["type"] == "websocket.disconnect":
+                self._on_event(message)
+                return
+            self.on_frame(message)
 
     async def _read(self) -> None:
         while True:

@@ -1,9 +1,10 @@
 """``WS /ws/consumer/{channel}``: fan-out consumers.
 
-Each connection has two tasks: the handler, which writes (the subscription's frames, in order),
-and a reader that notices the client leaving. The fan-out never waits for either: when the
-handler has nothing to send it parks the subscription on the connection's wire, and live messages
-are written by the fan-out itself (:mod:`app.wire`).
+The handler writes the subscription's frames, in order, and reads what the client sends (only
+error answers are due: consumers have nothing to say) without a task of its own where the
+connection has a wire. The fan-out never waits for it: when the handler has nothing to send it
+parks the subscription on the wire, and live messages are written by the fan-out itself
+(:mod:`app.wire`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ async def serve(websocket: WebSocket, channel: str) -> None:
 
 class ConsumerConnection(Connection):
     role = "consumer"
+    inline = True
 
     def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None) -> None:
         super().__init__(websocket, channel, expires=expires)
@@ -71,6 +73,7 @@ class ConsumerConnection(Connection):
         backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
         failures = 0
         while not self.closing:
+            await self.receive_pending()
             await self.send_answers()
             try:
                 batch = await sub.take()
