@@ -21,9 +21,10 @@ from redis.backoff import ExponentialWithJitterBackoff
 from app import metrics, protocol, streamid
 from app.broker import Broker, Entry
 from app.errors import BrokerError
+from app.pages import PAGE, PageSource
 from app.protocol import Position
 from app.streamid import StreamId
-from app.subscription import PAGE, Subscription
+from app.subscription import Subscription
 from app.wire import Outgoing
 
 log = logging.getLogger("relay.hub")
@@ -209,6 +210,7 @@ class Hub:
 
     def __init__(self, broker: Broker, *, buffer: int) -> None:
         self.broker = broker
+        self.pages = PageSource(broker.read)  # what catching-up subscriptions read, shared
         self._buffer = buffer
         self._topics: dict[str, Topic] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -233,7 +235,7 @@ class Hub:
             base=tail,
             report_gap=position.report_gap,
             limit=self._buffer,
-            reader=self.broker.read,
+            reader=self.pages.read,
             wake=wake,
         )
         topic.subs.add(sub)
@@ -334,3 +336,4 @@ class Hub:
         if not topic.ready.done():
             self._fail(topic, BrokerError(f"channel {topic.channel!r} is no longer followed"))
         self.broker.unfollow(topic.channel)
+        self.pages.forget(topic.channel)

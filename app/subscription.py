@@ -25,18 +25,19 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from app import metrics, protocol, streamid
-from app.broker import Page
+from app.pages import PAGE, FramedPage
 from app.streamid import StreamId
 from app.wire import Outgoing, Wire
 
-PAGE: Final = 500
 _LIVE_BATCH: Final = 64
 
 
 class Reader(Protocol):
+    """A page of the stream (:meth:`app.pages.PageSource.read`)."""
+
     def __call__(
-        self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
-    ) -> Awaitable[Page]: ...
+        self, channel: str, after: StreamId, *, until: StreamId, report_gap: bool = True
+    ) -> Awaitable[FramedPage]: ...
 
 
 class Subscription:
@@ -167,20 +168,17 @@ class Subscription:
     async def _catch_up(self) -> list[Outgoing]:
         target = self._base
         after = self.last
-        page = await self._reader(self.channel, after, until=target, count=PAGE, report_gap=self._report_gap)
+        page = await self._reader(self.channel, after, until=target, report_gap=self._report_gap)
         self._report_gap = True
-        entries = page.entries
         if page.lost_until is not None and self._gap_from is None:
             self._gap_from = after
         out: list[Outgoing] = []
-        if entries and self._gap_from is not None:
-            out.append(self._gap_message(entries[0][0]))
-        channel = self.channel
-        for entry_id, data in entries:
-            out.append(Outgoing(protocol.message_frame(entry_id, channel, data)))
-        if entries:
-            self.last = streamid.parse(entries[-1][0])
-        if len(entries) < PAGE:  # nothing more up to target
+        if page.ids and self._gap_from is not None:
+            out.append(self._gap_message(page.entry_ids[0]))
+        out.extend(page.frames)
+        if page.ids:
+            self.last = page.ids[-1]
+        if len(page.ids) < PAGE:  # nothing more up to target
             self.last = max(self.last, target)
             self._behind = self._base != target  # it overflowed again while we read
         return out

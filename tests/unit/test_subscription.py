@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from app import protocol, streamid
 from app.broker import Page
+from app.pages import PAGE, PageSource
 from app.streamid import StreamId
-from app.subscription import PAGE, Subscription
+from app.subscription import Subscription
 from app.wire import Outgoing
 
 
@@ -52,7 +53,13 @@ def make(
     stream: FakeStream, last: StreamId, base: StreamId, limit: int = 10, report_gap: bool = True
 ) -> Subscription:
     return Subscription(
-        "c", last=last, base=base, report_gap=report_gap, limit=limit, reader=stream.read, wake=lambda: None
+        "c",
+        last=last,
+        base=base,
+        report_gap=report_gap,
+        limit=limit,
+        reader=PageSource(stream.read).read,
+        wake=lambda: None,
     )
 
 
