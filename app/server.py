@@ -51,7 +51,8 @@ def serve(settings: Settings) -> None:
         log_config=logs.uvicorn_config(
             "debug" if settings.log_level == "trace" else settings.log_level, settings.log_format
         ),
-        ws=WireProtocol,
+        ws=WireProtocol if settings.ws == "wire" else settings.ws,
+        loop=settings.loop,
         ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
         ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),

@@ -5,6 +5,7 @@ Every field is documented in README.md's settings table; keep the two in step.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     instance_name: str = Field(default_factory=_instance_name)
     log_level: str = "info"
     ws_per_message_deflate: bool = False
+    ws: Literal["wire", "websockets-sansio", "websockets", "wsproto"] = Field(
+        default="wire",
+        description="WebSocket implementation: wire (frames written straight to sockets) or uvicorn's own.",
+    )
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="Event loop (auto: uvloop)."
+    )
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 key: tokens required when set.")
     jwt_public_key: SecretStr | None = Field(default=None, description="PEM public key (RS256/ES256).")
     jwt_public_key_file: str | None = Field(default=None, description="Path of that PEM file.")
@@ -100,6 +108,15 @@ class Settings(BaseSettings):
         if self.jwt_public_key is not None and self.jwt_public_key_file is not None:
             raise ValueError("set RELAY_JWT_PUBLIC_KEY or RELAY_JWT_PUBLIC_KEY_FILE, not both")
         return self
+
+    @field_validator("ws")
+    @classmethod
+    def _ws_installed(cls, value: str) -> str:
+        if value == "wsproto" and importlib.util.find_spec("wsproto") is None:
+            raise ValueError(
+                "wsproto is not installed: pip install 'relay[wsproto]' (or the checkout's '.[wsproto]')"
+            )
+        return value
 
     @field_validator("jwt_secret")
     @classmethod

@@ -15,10 +15,11 @@ from tests.support import consumer, publish_all, recv_json, recv_messages, strea
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
 
+@pytest.mark.parametrize("ws", ["wire", "websockets-sansio"])  # frames written by the relay / by ASGI
 async def test_message_published_on_one_instance_reaches_consumers_on_both_in_order(
-    relay: RelayFactory,
+    relay: RelayFactory, ws: str
 ) -> None:
-    a, b = relay().start(), relay().start()
+    a, b = relay(ws=ws).start(), relay(ws=ws).start()
     async with (
         consumer(f"{a.ws}/ws/consumer/orders") as on_a,
         consumer(f"{b.ws}/ws/consumer/orders") as on_b,
