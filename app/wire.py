@@ -61,8 +61,15 @@ class Wire:
     def write(self, data: bytes) -> bool:
         """Write now if the wire is open; False (nothing written) otherwise. Never waits."""
         if self.open:
-            self._protocol.transport.write(data)
-            return True
+            transport = self._protocol.transport
+            # a transport can close itself (a reset while sending) before the protocol hears of it
+            if not transport.is_closing():
+                try:
+                    transport.write(data)
+                    return True
+                except RuntimeError:  # uvloop: the handle is already closed
+                    pass
+            self.open = False
         return False
 
     @property

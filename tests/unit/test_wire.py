@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from websockets.frames import Frame, Opcode
 
-from app.wire import Outgoing, text_frame
+from app.wire import Outgoing, Wire, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -19,3 +21,23 @@ def test_outgoing_carries_the_same_text_both_ways() -> None:
     out = Outgoing('{"type":"message","data":"é"}')
     assert out.asgi == {"type": "websocket.send", "text": '{"type":"message","data":"é"}'}
     assert out.raw == text_frame('{"type":"message","data":"é"}'.encode())
+
+
+class ClosedTransport:
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation: the handler is closed")
+
+
+@pytest.mark.parametrize("closing", [True, False])
+def test_a_transport_that_closed_itself_closes_the_wire_instead_of_raising(closing: bool) -> None:
+    protocol = SimpleNamespace(transport=ClosedTransport(closing))
+    wire = Wire(protocol)  # type: ignore[arg-type]
+    wire.open = True
+    assert wire.write(b"frame") is False
+    assert wire.open is False
