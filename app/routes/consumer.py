@@ -92,6 +92,10 @@ class ConsumerConnection(Connection):
                 continue
             await send_frames(websocket, wire, batch)
             metrics.DELIVERED.inc(len(batch))
+            # a shared page is there at once and the socket's kernel buffer takes it whole, so
+            # nothing above waited: give the loop back, or one catch-up would hold it to the end
+            # and every live delivery on the instance with it
+            await asyncio.sleep(0)
 
     def on_frame(self, message: Any) -> None:
         """Consumers have nothing to say in fan-out mode."""
