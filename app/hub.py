@@ -210,7 +210,8 @@ class Hub:
 
     def __init__(self, broker: Broker, *, buffer: int) -> None:
         self.broker = broker
-        self.pages = PageSource(broker.read)  # what catching-up subscriptions read, shared
+        # what catching-up subscriptions read, shared
+        self.pages = PageSource(broker.read, followed=lambda channel: channel in self._topics)
         self._buffer = buffer
         self._topics: dict[str, Topic] = {}
         self._starting: set[asyncio.Task[None]] = set()

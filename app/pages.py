@@ -4,9 +4,11 @@ Consumers that resume from the same id (a resume storm: a deployment restarts an
 comes back with ``from=<the id it saw last>``) ask for the same pages. :class:`PageSource` reads
 each page from Redis once, builds its frames once, and hands both to every consumer asking for it,
 including those that ask while the read is under way. Only full pages are kept (``PAGE`` entries:
-nothing can be added to them later) and only those read with nothing lost before them, so a
-shared page says exactly what a fresh read would have said; the least recently used go first
-beyond ``max_bytes``.
+nothing can be added to them later), only those read with nothing lost before them, and only for
+``keep_for`` seconds (a storm is over in seconds): within that time a shared page may still hold
+entries retention has since removed, and hands them over rather than a gap, as a read made a
+moment earlier would have. The least recently used go first beyond ``max_bytes``; a channel no
+longer followed keeps nothing.
 
 Each consumer still gets what its own position asks for: entries after its ``after``, none past
 its ``until`` (what follows comes from its live buffer), and the gap it must report.
@@ -17,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import sys
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -28,7 +32,7 @@ from app.streamid import StreamId
 from app.wire import Outgoing
 
 PAGE: Final = 500
-_OVERHEAD: Final = 400  # bytes per entry beside its data: ids, frame text and bytes, objects
+_OVERHEAD: Final = 400  # bytes per entry beside its frame's text and bytes: ids, objects
 
 
 class Reader(Protocol):
@@ -65,18 +69,28 @@ def framed(channel: str, page: Page) -> FramedPage:
     for entry_id, data in page.entries:
         ids.append(streamid.parse(entry_id))
         entry_ids.append(entry_id)
-        frames.append(Outgoing(protocol.message_frame(entry_id, channel, data)))
-        size += 2 * len(data) + _OVERHEAD
+        frame = Outgoing(protocol.message_frame(entry_id, channel, data))
+        frames.append(frame)
+        size += sys.getsizeof(frame.asgi["text"]) + len(frame.raw) + _OVERHEAD  # in bytes, any script
     return FramedPage(ids, entry_ids, frames, page.lost_until, size)
 
 
 class PageSource:
     """Reads pages for catching-up subscriptions through a shared, bounded cache."""
 
-    def __init__(self, read: Reader, *, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        read: Reader,
+        *,
+        max_bytes: int = 32 * 1024 * 1024,
+        keep_for: float = 10.0,
+        followed: Callable[[str], bool] = lambda channel: True,
+    ) -> None:
         self._read = read
         self._max_bytes = max_bytes
-        self._pages: OrderedDict[tuple[str, StreamId], FramedPage] = OrderedDict()
+        self._keep_for = keep_for
+        self._followed = followed
+        self._pages: OrderedDict[tuple[str, StreamId], tuple[FramedPage, float]] = OrderedDict()
         self._reading: dict[tuple[str, StreamId], asyncio.Task[FramedPage]] = {}
         self._bytes = 0
         self.reads = 0  # pages read from Redis (for tests and metrics)
@@ -87,10 +101,12 @@ class PageSource:
         """Entries after ``after`` up to ``until``: fewer than ``PAGE`` when that is all of them."""
         if report_gap:  # a read that may skip a gap is not one to share
             key = (channel, after)
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-                return page.until(until)
+            kept = self._pages.get(key)
+            if kept is not None:
+                if kept[1] > time.monotonic():
+                    self._pages.move_to_end(key)
+                    return kept[0].until(until)
+                self._drop(key)
             task = self._reading.get(key)
             if task is None:
                 task = asyncio.create_task(self._fetch(channel, after, None, report_gap=True))
@@ -109,7 +125,7 @@ class PageSource:
         if task.cancelled() or task.exception() is not None:  # retrieved: each waiter has it raised
             return
         page = task.result()
-        if page.full and page.lost_until is None:
+        if page.full and page.lost_until is None and self._followed(key[0]):
             self._keep(key, page)
 
     async def _fetch(
@@ -122,11 +138,16 @@ class PageSource:
     def _keep(self, key: tuple[str, StreamId], page: FramedPage) -> None:
         if page.size > self._max_bytes:
             return
-        self._pages[key] = page
+        if key in self._pages:
+            self._drop(key)
+        self._pages[key] = (page, time.monotonic() + self._keep_for)
         self._bytes += page.size
         while self._bytes > self._max_bytes:
-            _, dropped = self._pages.popitem(last=False)
+            _, (dropped, _expiry) = self._pages.popitem(last=False)
             self._bytes -= dropped.size
+
+    def _drop(self, key: tuple[str, StreamId]) -> None:
+        self._bytes -= self._pages.pop(key)[0].size
 
     @property
     def kept_bytes(self) -> int:
@@ -135,4 +156,4 @@ class PageSource:
     def forget(self, channel: str) -> None:
         """The channel is no longer followed here: let its pages go."""
         for key in [key for key in self._pages if key[0] == channel]:
-            self._bytes -= self._pages.pop(key).size
+            self._drop(key)

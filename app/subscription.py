@@ -99,6 +99,8 @@ class Subscription:
 
         Never blocks; on overflow, fall behind instead.
         """
+        if sid <= self.last:
+            return False  # the client has it already: it resumed from an id this topic had not reached
         wire = self.parked
         if wire is not None:
             if wire.write(message.raw):

@@ -84,7 +84,13 @@ class Wire:
             await protocol.writable.wait()
             if not self.open:
                 raise WebSocketDisconnect(_GONE)
-        protocol.transport.write(data)
+        transport = protocol.transport
+        if transport.is_closing():
+            raise WebSocketDisconnect(_GONE)
+        try:
+            transport.write(data)
+        except RuntimeError as exc:  # uvloop: the handle closed before the protocol heard
+            raise WebSocketDisconnect(_GONE) from exc
 
 
 class Inbox:

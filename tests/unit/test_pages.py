@@ -137,3 +137,23 @@ async def test_kept_pages_are_bounded_in_bytes() -> None:
     await catch_up(source, (0, 0), (6 * PAGE, 0))  # the first pages were let go: read again
     assert stream.reads > reads
     assert source.kept_bytes <= 2 * PAGE * 500
+
+
+async def test_kept_pages_expire_and_channels_no_longer_followed_keep_none() -> None:
+    stream = Stream(2 * PAGE)
+    source = PageSource(stream.read, keep_for=0.0)
+    for _ in range(2):
+        await source.read("c", (0, 0), until=(2 * PAGE, 0))
+    assert stream.reads == 2  # expired at once: read again
+    unfollowed = PageSource(stream.read, followed=lambda channel: False)
+    await unfollowed.read("c", (0, 0), until=(2 * PAGE, 0))
+    assert unfollowed.kept_bytes == 0
+
+
+async def test_kept_bytes_count_bytes_not_characters() -> None:
+    stream = Stream()
+    stream.entries = [(f"{n}-0", json.dumps("😀" * 200, ensure_ascii=False)) for n in range(1, PAGE + 1)]
+    source = PageSource(stream.read)
+    page = await source.read("c", (0, 0), until=(PAGE, 0))
+    held = sum(len(f.raw) + len(f.asgi["text"].encode("utf-32")) for f in page.frames)
+    assert source.kept_bytes >= held  # each emoji: 4 bytes in the frame, 4 in the text

@@ -269,3 +269,18 @@ async def test_a_loss_or_falling_behind_unparks() -> None:
     assert sub.push(*stream.add("next")) is False
     assert data(await drain(sub)) == ["missed", "next"]
     assert wire.written == []
+
+
+async def test_a_consumer_resuming_ahead_of_the_topic_gets_nothing_twice_parked_or_not() -> None:
+    """``from=X`` where this instance has not passed X on yet (the client saw it elsewhere)."""
+    for park in (True, False):
+        stream = FakeStream()
+        ids = [stream.add(n) for n in range(4)]  # 1-0 .. 4-0 stored; the topic is still at 1-0
+        sub = make(stream, last=streamid.parse("3-0"), base=streamid.parse("1-0"))
+        wire = FakeWire()
+        if park:
+            parked(sub, wire)
+        for sid, message in ids[1:]:  # the topic catches up: 2-0, 3-0, then the new 4-0
+            sub.push(sid, message)
+        got = [f["data"] for f in wire.frames()] + data(await drain(sub))
+        assert got == [3], f"parked={park}"
