@@ -5,7 +5,7 @@ comes back with ``from=<the id it saw last>``) ask for the same pages. :class:`P
 each page from Redis once, builds its frames once, and hands both to every consumer asking for it,
 including those that ask while the read is under way. Only full pages are kept (``PAGE`` entries:
 nothing can be added to them later), only those read with nothing lost before them, and only for
-``keep_for`` seconds (a storm is over in seconds): within that time a shared page may still hold
+``keep_for`` seconds (a storm is over within a minute): within that time a shared page may still hold
 entries retention has since removed, and hands them over rather than a gap, as a read made a
 moment earlier would have. The least recently used go first beyond ``max_bytes``; a channel no
 longer followed keeps nothing.
@@ -83,7 +83,7 @@ class PageSource:
         read: Reader,
         *,
         max_bytes: int = 32 * 1024 * 1024,
-        keep_for: float = 10.0,
+        keep_for: float = 60.0,
         followed: Callable[[str], bool] = lambda channel: True,
     ) -> None:
         self._read = read
