@@ -1,10 +1,11 @@
 """What a consumer connection and a group member's connection share.
 
 The handler writes (a first frame, then whatever the subclass has to send, with error answers
-going first); the client's frames are taken by a reader task, or, for a subclass that reads
-``inline`` on a connection with a wire (:mod:`app.wire`), by the handler itself: the wire's inbox
-wakes it when something arrives, and an idle consumer costs one task instead of two. Closing is
-asked for (drain, flood) with ``request_close``; a client that leaves just stops both.
+going first). The client's frames are taken by a reader task that exists only while there is
+something to take, where the connection has a wire (:mod:`app.wire`): its inbox says when a frame
+arrives, and an idle connection costs one task instead of two. Without a wire a reader task waits
+on ``receive`` for the connection's whole life. Closing is asked for (drain, flood) with
+``request_close``; a client that leaves just stops both.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from app.wire import Inbox, wire_of
 
 class Connection:
     role = "consumer"
-    inline = False  # read the client's frames in the handler (subclasses that call receive_pending)
 
     def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None = None) -> None:
         self.websocket = websocket
@@ -44,6 +44,7 @@ class Connection:
         self._closed: asyncio.Future[None] | None = None
         self._close: tuple[int, str] | None = None
         self._inbox: Inbox | None = None
+        self._reading: asyncio.Task[None] | None = None  # taking frames that arrived (with a wire)
 
     def request_close(self, code: int, reason: str) -> None:
         if not self._closing:
@@ -71,15 +72,15 @@ class Connection:
         await websocket.accept()
         metrics.CONNECTIONS.labels(self.role).inc()
         self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
-        wire = wire_of(websocket) if self.inline else None
+        wire = wire_of(websocket)
         reader: asyncio.Task[None] | None = None
         if wire is None:
             reader = asyncio.create_task(self._read())
         else:
             self._inbox = wire.inbox
             self._inbox.listener = self._on_event
-            if not self._inbox.empty():
-                self.wake.set()  # it arrived before the listener: the handler must look
+            if not self._inbox.empty():  # it arrived before the listener
+                self._reading = asyncio.create_task(self._take_frames())
         expiry = expire_at(self._expires, self.request_close)
         try:
             await websocket.send_text(first_frame)
@@ -89,8 +90,9 @@ class Connection:
         except WebSocketDisconnect:
             pass
         finally:
-            if reader is not None:
-                reader.cancel()
+            for task in (reader, self._reading):
+                if task is not None:
+                    task.cancel()
             if self._inbox is not None:
                 self._inbox.listener = None
             if expiry is not None:
@@ -140,23 +142,26 @@ class Connection:
         self.wake.set()
 
     def _on_event(self, message: Any) -> None:
+        """The inbox's listener: called as each event arrives."""
         if message["type"] == "websocket.disconnect":
             self._client_code = message.get("code")
             self._stop()  # the client is gone: stop writing, send no close frame
-        else:
-            self.wake.set()
+        elif self._reading is None:
+            self._reading = asyncio.get_running_loop().create_task(self._take_frames())
 
-    async def receive_pending(self) -> None:
-        """Act on the client's frames that arrived (inline reading); never waits for more."""
+    async def _take_frames(self) -> None:
+        """Act on the frames in the inbox, then end (uvicorn reads no more until it is empty)."""
         inbox = self._inbox
-        if inbox is None:
-            return
-        for _ in range(inbox.qsize()):
-            message = await self.websocket.receive()  # there: returns without waiting
-            if message["type"] == "websocket.disconnect":
-                self._on_event(message)
-                return
-            self.on_frame(message)
+        assert inbox is not None
+        try:
+            for _ in range(inbox.qsize()):
+                message = await self.websocket.receive()  # there already: returns at once
+                if message["type"] == "websocket.disconnect":
+                    self._on_event(message)
+                    return
+                self.on_frame(message)
+        finally:
+            self._reading = None
 
     async def _read(self) -> None:
         while True:

@@ -1,10 +1,9 @@
 """``WS /ws/consumer/{channel}``: fan-out consumers.
 
-The handler writes the subscription's frames, in order, and reads what the client sends (only
-error answers are due: consumers have nothing to say) without a task of its own where the
-connection has a wire. The fan-out never waits for it: when the handler has nothing to send it
-parks the subscription on the wire, and live messages are written by the fan-out itself
-(:mod:`app.wire`).
+The handler writes the subscription's frames, in order (what the client sends only earns error
+answers: consumers have nothing to say). The fan-out never waits for it: when the handler has
+nothing to send it parks the subscription on the wire, and live messages are written by the
+fan-out itself (:mod:`app.wire`).
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ async def serve(websocket: WebSocket, channel: str) -> None:
 
 class ConsumerConnection(Connection):
     role = "consumer"
-    inline = True
 
     def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None) -> None:
         super().__init__(websocket, channel, expires=expires)
@@ -73,7 +71,6 @@ class ConsumerConnection(Connection):
         backoff = ExponentialWithJitterBackoff(base=0.1, cap=5.0)
         failures = 0
         while not self.closing:
-            await self.receive_pending()
             await self.send_answers()
             try:
                 batch = await sub.take()
