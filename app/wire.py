@@ -16,14 +16,14 @@ get no wire: their frames must go through the extension.
 
 from __future__ import annotations
 
-import asyncio
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from app.wakeup import Wakeup
 
 EXTENSION: Final = "relay.wire"
 _GONE: Final = 1006
@@ -97,24 +97,20 @@ class Inbox:
     """What the protocol hands the application (``websocket.receive`` events), in order.
 
     Takes the place of the ``asyncio.Queue`` uvicorn makes per connection, whose three deques
-    weigh 2.3 KB, a tenth of an idle consumer; only what the protocol uses of it is here.
+    weigh 2.3 KB, a tenth of an idle consumer; only what the protocol uses of it is here. It
+    holds a few events at most (uvicorn stops reading until the application has taken them).
     """
 
-    __slots__ = ("_items", "_waiter", "listener")
+    __slots__ = ("_arrived", "_items", "listener")
 
     def __init__(self) -> None:
-        self._items: deque[Any] | list[Any] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._items: list[Any] = []
+        self._arrived = Wakeup()
         self.listener: Callable[[Any], None] | None = None  # told of each event as it arrives
 
     def put_nowait(self, item: Any) -> None:
-        items = self._items
-        if isinstance(items, list) and items:
-            items = self._items = deque(items)  # more than one waiting: pop from the left cheaply
-        items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._items.append(item)
+        self._arrived.set()
         if self.listener is not None:
             self.listener(item)
 
@@ -126,21 +122,30 @@ class Inbox:
 
     async def get(self) -> Any:
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        items = self._items
-        return items.pop(0) if isinstance(items, list) else items.popleft()
+            await self._arrived.wait()
+        return self._items.pop(0)
+
+
+def _tracked(name: str) -> Any:
+    """A protocol attribute whose every assignment, wherever upstream makes it, updates the wire."""
+    private = f"_{name}"
+
+    def get(protocol: WireProtocol) -> bool:
+        return bool(getattr(protocol, private))
+
+    def set_(protocol: WireProtocol, value: bool) -> None:
+        setattr(protocol, private, value)
+        protocol._update()
+
+    return property(get, set_)
 
 
 class WireProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, offering a :class:`Wire` to the application.
 
     The wire's ``open`` flag follows the protocol's own state: the handshake, a close frame sent
-    (``close_sent`` is set in several places upstream, hence the properties), the client gone,
-    the transport paused or closing.
+    (``close_sent`` is set in several places upstream, hence the tracked attributes), the client
+    gone, the transport paused or closing.
     """
 
     _handshake_complete = False
@@ -177,32 +182,9 @@ class WireProtocol(WebSocketsSansIOProtocol):
                 and not self.transport.is_closing()
             )
 
-    @property
-    def handshake_complete(self) -> bool:
-        return self._handshake_complete
-
-    @handshake_complete.setter
-    def handshake_complete(self, value: bool) -> None:
-        self._handshake_complete = value
-        self._update()
-
-    @property
-    def close_sent(self) -> bool:
-        return self._close_sent
-
-    @close_sent.setter
-    def close_sent(self, value: bool) -> None:
-        self._close_sent = value
-        self._update()
-
-    @property
-    def disconnected(self) -> bool:
-        return self._disconnected
-
-    @disconnected.setter
-    def disconnected(self, value: bool) -> None:
-        self._disconnected = value
-        self._update()
+    handshake_complete = _tracked("handshake_complete")
+    close_sent = _tracked("close_sent")
+    disconnected = _tracked("disconnected")
 
     def pause_writing(self) -> None:
         self._paused = True
