@@ -35,7 +35,7 @@ def serve(host: str | None, port: int | None) -> None:
     Redis comes from RELAY_REDIS_URL (or REDIS_URL); without one, the instance runs on an embedded
     in-process Redis: one instance, nothing shared, nothing kept.
     """
-    from app.server import serve as run
+    from app.server.serve import serve as run
 
     settings = _settings_or_exit()
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
@@ -60,17 +60,9 @@ def worker() -> None:
 def janitor(once: bool) -> None:
     """Keep Redis tidy: apply RELAY_STREAM_MAX_AGE to quiet channels, remove consumers of dead
     processes from consumer groups. Several may run; one works at a time (a lease in Redis)."""
-    import asyncio
-
-    from app import logs
     from workers import janitor as module
 
-    settings = _settings_or_exit()
-    logs.configure_process(settings.log_level, settings.log_format)
-    if settings.embedded:
-        click.echo("relay worker janitor: set RELAY_REDIS_URL (the embedded Redis is per process)", err=True)
-        sys.exit(2)
-    asyncio.run(module.run(settings, once=once))
+    sys.exit(module.main(_settings_or_exit(), once=once))
 
 
 @worker.command()
@@ -101,16 +93,17 @@ def run(target: str, channel: str, group: str, concurrency: int, from_: str, gra
     """
     import asyncio
 
-    from app import logs, protocol
+    from app import logs
     from app.errors import ConfigError, ProtocolError
+    from app.protocol import names
     from workers import runner
 
     settings = _settings_or_exit()
     logs.configure_process(settings.log_level, settings.log_format)
     try:
-        protocol.check_channel(channel)
-        protocol.check_group(group)
-        position = protocol.parse_position(from_)
+        names.check_channel(channel)
+        names.check_group(group)
+        position = names.parse_position(from_)
         handler = runner.load_handler(target)
         asyncio.run(
             runner.run(
@@ -139,7 +132,7 @@ def _client_command(run: Callable[[], Coroutine[Any, Any, int]], url: str) -> No
     import asyncio
     import logging
 
-    from app import commands
+    from app.client import commands
 
     problem = commands.check_url(url)
     if problem is not None:
@@ -172,7 +165,7 @@ def publish(channel: str, message: str | None, url: str, token: str | None, atte
     stored once. Exit status: 0 all stored; 2 refused or a line that is not JSON; 3 the relay
     stayed unavailable. It stops at the first line it cannot store: the lines before it are stored.
     """
-    from app import commands
+    from app.client import commands
 
     _client_command(lambda: commands.publish(url, channel, message, attempts, token), url)
 
@@ -206,7 +199,7 @@ def tail(
     a line {"gap": {"from", "next"}}. Exit status: 0 after --count messages, 2 when refused,
     3 when the relay stays unreachable, 130 on Ctrl-C.
     """
-    from app import commands
+    from app.client import commands
 
     _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None, token), url)
 
@@ -217,6 +210,6 @@ def tail(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def channels(url: str, token: str | None, as_json: bool) -> None:
     """List channels: name, length, first and last id, consumer groups."""
-    from app import commands
+    from app.client import commands
 
     _client_command(lambda: commands.channels(url, as_json, token), url)

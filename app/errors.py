@@ -8,15 +8,21 @@
      │    ├── BrokerUnavailable  Redis unreachable, timed out, or the connection dropped
      │    └── StorageError       Redis answered with an error (a key of the wrong type, a script error)
      │         └── GroupMissing  the consumer group is gone (deleted, or Redis lost its data)
-     └── ProtocolError          a client sent something the contract refuses
-          ├── InvalidChannel     a channel name outside ``^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$``
-          ├── InvalidPosition    a ``from`` that is not ``$``, ``0`` or a stream entry id
-          └── InvalidRequest     any other parameter out of bounds (a group name, a prefetch)
+     ├── ProtocolError          a client sent something the contract refuses
+     │    ├── InvalidChannel     a channel name outside ``^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$``
+     │    ├── InvalidPosition    a ``from`` that is not ``$``, ``0`` or a stream entry id
+     │    └── InvalidRequest     any other parameter out of bounds (a group name, a prefetch)
+     └── AuthError              no valid token, or one that does not cover the request
+                                (``app.server.auth``)
 
-Every ``ProtocolError`` carries the error ``code`` the client sees (see ``app.protocol.ErrorCode``).
+Every ``ProtocolError`` carries the :class:`~app.protocol.codes.ErrorCode` the client sees.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from app.protocol.codes import ErrorCode
 
 
 class RelayError(Exception):
@@ -46,7 +52,7 @@ class GroupMissing(StorageError):
 class ProtocolError(RelayError):
     """A client sent something the contract refuses."""
 
-    code = "invalid_request"
+    code: ClassVar[ErrorCode] = ErrorCode.INVALID_REQUEST
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -54,12 +60,12 @@ class ProtocolError(RelayError):
 
 
 class InvalidChannel(ProtocolError):
-    code = "invalid_channel"
+    code = ErrorCode.INVALID_CHANNEL
 
 
 class InvalidPosition(ProtocolError):
-    code = "invalid_id"
+    code = ErrorCode.INVALID_ID
 
 
 class InvalidRequest(ProtocolError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST

@@ -1,9 +1,11 @@
 """Logging set-up shared by every entry point: text or JSON lines (``RELAY_LOG_FORMAT``), tokens
-redacted from everything uvicorn logs, one line per connection opened and closed."""
+redacted from everything uvicorn logs, one line per connection opened and closed.
+
+Imports no server: the worker processes log through it too (``relay serve`` hands uvicorn its
+config, :func:`app.server.serve.uvicorn_log_config`)."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import time
@@ -11,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
-from uvicorn.config import LOGGING_CONFIG
 
 _DENIAL_NOISE = "ASGI callable returned without completing handshake."
 _QUERY_PARAM = re.compile(r"([?&])([^=&\s\"']*)=([^&\s\"']*)")
@@ -77,16 +78,6 @@ def install() -> None:
         for kind in (_DenialNoise, RedactTokens):
             if not any(isinstance(f, kind) for f in logger.filters):
                 logger.addFilter(kind())
-
-
-def uvicorn_config(level: str, fmt: str = "text") -> dict[str, Any]:
-    """uvicorn's logging config, with the relay's own loggers printed the same way."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["relay"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    if fmt == "json":
-        for name in ("default", "access"):
-            config["formatters"][name] = {"()": "app.logs.JsonFormatter"}
-    return config
 
 
 def configure_process(level: str, fmt: str = "text") -> None:

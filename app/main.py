@@ -1,68 +1,17 @@
-"""The app factory and its lifespan. ``uvicorn app.main:app`` serves ``app`` (built on first
-access, from the environment); ``relay serve`` (``app.server``) adds the graceful drain on SIGTERM."""
+"""``uvicorn app.main:app``: the relay built from the environment (``RELAY_`` variables, ``.env``).
+
+``app`` is made on first access, so that importing this module reads no settings. ``relay serve``
+(:mod:`app.server.serve`) is the same app plus the graceful drain on SIGTERM.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
-
-from app import __version__, logs
-from app.lifecycle import Relay
-from app.protocol import ErrorCode
-from app.routes import channels, health, sockets
-from app.routes.common import error_response
-from app.settings import Settings
-
-
-class RelayApp(FastAPI):
-    """FastAPI, with the relay's WebSocket endpoints dispatched ahead of it (:mod:`app.routes.sockets`)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            found = sockets.match(scope)
-            if found is not None:
-                endpoint, channel = found
-                scope["app"] = self
-                await endpoint(WebSocket(scope, receive, send), channel)
-                return
-        await super().__call__(scope, receive, send)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    logs.install()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        relay = Relay(settings)
-        app.state.relay = relay
-        await relay.start()
-        try:
-            yield
-        finally:
-            await relay.stop()
-
-    app = RelayApp(title="relay", version=__version__, lifespan=lifespan)
-    for module in (channels, health):
-        app.include_router(module.router)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    return app
-
-
-async def _invalid_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return error_response(400, ErrorCode.INVALID_REQUEST, detail)
+from app.server.app import create_app
 
 
 def __getattr__(name: str) -> FastAPI:
-    """``app.main:app`` is built on first access, so that importing this module reads no settings."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     built = create_app()

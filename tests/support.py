@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,19 @@ def wait_until(predicate: Any, within: float, what: str, interval: float = 0.05)
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout(within):.1f}s waiting for {what}")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.05
+) -> None:
+    """:func:`wait_until` for async tests: poll an async ``check`` without blocking the event loop
+    (open sockets keep being served meanwhile)."""
+    try:
+        async with asyncio.timeout(timeout(within)):
+            while not await check():  # noqa: ASYNC110 - for state only a poll can see
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout(within):.1f}s waiting for {what}") from None
 
 
 class Instance:
@@ -250,7 +263,8 @@ async def publish_all(url: str, payloads: list[Any], within: float = 20) -> list
 
 
 def stream_ids(client: redis.Redis, key: str) -> list[str]:
-    return [entry_id for entry_id, _ in client.xrange(key)]
+    entries: Any = client.xrange(key)  # a decoding client: (id, fields) pairs of str
+    return [str(entry_id) for entry_id, _ in entries]
 
 
 @contextlib.contextmanager

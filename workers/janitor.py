@@ -10,7 +10,8 @@ Every ``RELAY_JANITOR_INTERVAL`` seconds, for every channel:
 
 Several janitors may run: a lease in Redis (``relay:janitor:lease``) lets one work at a time; the
 others wait, ready to take over when its lease expires. Run it with ``relay worker janitor`` or
-``python -m workers.janitor``.
+``python -m workers.janitor``. It asks Redis only what :class:`app.broker.interface.Housekeeping`
+offers.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from app.broker_redis import RedisBroker
+from pydantic import ValidationError
+
+from app import logs
+from app.broker.housekeeping import RedisHousekeeping
+from app.broker.interface import Housekeeping
 from app.errors import BrokerError
 from app.settings import Settings
 
@@ -40,7 +46,7 @@ class Round:
     consumers_removed: int = 0
 
 
-async def tidy(broker: RedisBroker, settings: Settings, keep_lease: Callable[[], Awaitable[bool]]) -> Round:
+async def tidy(broker: Housekeeping, settings: Settings, keep_lease: Callable[[], Awaitable[bool]]) -> Round:
     """One pass over every channel (stopped early if the lease is lost meanwhile)."""
     done = Round()
     loop = asyncio.get_running_loop()
@@ -67,7 +73,7 @@ async def tidy(broker: RedisBroker, settings: Settings, keep_lease: Callable[[],
     return done
 
 
-async def _remove_dead_consumers(broker: RedisBroker, channel: str, settings: Settings) -> int:
+async def _remove_dead_consumers(broker: Housekeeping, channel: str, settings: Settings) -> int:
     removed = 0
     for consumer in await broker.group_consumers(channel):
         if consumer.pending or consumer.idle_ms < settings.janitor_reap_idle_ms:
@@ -83,9 +89,19 @@ async def _remove_dead_consumers(broker: RedisBroker, channel: str, settings: Se
     return removed
 
 
-async def run(settings: Settings, *, once: bool = False) -> None:
+def main(settings: Settings, *, once: bool = False) -> int:
+    """``relay worker janitor``: log as configured, run until stopped; the exit status."""
+    logs.configure_process(settings.log_level, settings.log_format)
+    if settings.embedded:
+        sys.stderr.write("relay worker janitor: set RELAY_REDIS_URL (the embedded Redis is per process)\n")
+        return 2
+    asyncio.run(run(settings, once=once))
+    return 0
+
+
+async def run(settings: Settings, *, once: bool = False, broker: Housekeeping | None = None) -> None:
     """Work whenever this janitor holds the lease, until SIGTERM/SIGINT (or after one round)."""
-    broker = RedisBroker(settings)
+    broker = broker or RedisHousekeeping(settings)
     me = f"{socket.gethostname()}-{os.getpid()}"
     stop = _stop_on_signals()
     lease_ms = int(settings.janitor_interval * 3000)
@@ -130,6 +146,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 if __name__ == "__main__":
-    from app.cli import janitor
-
-    janitor()
+    try:
+        configured = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"relay worker janitor: invalid settings:\n{exc}\n")
+        sys.exit(2)
+    sys.exit(main(configured, once="--once" in sys.argv[1:]))

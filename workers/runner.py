@@ -10,6 +10,7 @@
   seconds, 30 by default, after which they are left to be delivered again) and are acked.
 
 The runner is a group member like a WebSocket one (``app.groups``): ``concurrency`` is its prefetch.
+It runs a broker, a hub and a group manager of its own, and no server.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from typing import Any
 
 import orjson
 
-from app.broker import Delivery
-from app.broker_redis import RedisBroker
+from app.backoff import Backoff
+from app.broker.interface import Delivery
+from app.broker.streams import RedisBroker
 from app.errors import BrokerError, ConfigError
-from app.groups import GroupManager, Membership
-from app.hub import Hub
-from app.protocol import LATEST, Position
+from app.fanout.hub import Hub
+from app.groups.manager import GroupManager
+from app.groups.member import Membership
+from app.protocol.names import LATEST, Position
 from app.settings import Settings
 
 log = logging.getLogger("relay.runner")
@@ -144,7 +147,7 @@ async def run(
     await broker.start(hub)
     groups.start()
     try:
-        pool.membership = await _join(groups, channel, group, pool, position, stop)
+        pool.membership = await _join(broker, groups, (channel, group), pool, position, stop)
         if pool.membership is not None:
             log.info(
                 "runner %s: channel %r group %r, %d at a time",
@@ -165,17 +168,22 @@ async def run(
 
 
 async def _join(
-    groups: GroupManager, channel: str, group: str, pool: HandlerPool, position: Position, stop: asyncio.Event
+    broker: RedisBroker,
+    groups: GroupManager,
+    where: tuple[str, str],
+    pool: HandlerPool,
+    position: Position,
+    stop: asyncio.Event,
 ) -> Membership | None:
     """Join, retrying while Redis is unreachable (a worker started before Redis waits for it)."""
-    delay = 0.1
+    channel, group = where
+    backoff = Backoff()
     while not stop.is_set():
         try:
-            await groups.broker.ping()  # connected, Pub/Sub included
+            await broker.ping()  # connected, Pub/Sub included
             return await groups.join(channel, group, pool, position)
         except BrokerError as exc:
             log.info("waiting to join group %r of %r (%s)", group, channel, exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
+                await asyncio.wait_for(stop.wait(), backoff.failed())
     return None

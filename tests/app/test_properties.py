@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from app.main import create_app
-from app.protocol import ErrorCode
+from app.protocol.codes import ErrorCode
+from app.server.app import create_app
 from app.settings import Settings
 
 CODES = {code.value for code in ErrorCode}

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app.broker import Entry
-from app.broker_redis import RedisBroker
+from app.broker import clients
+from app.broker.housekeeping import RedisHousekeeping
+from app.broker.interface import Entry
+from app.broker.streams import RedisBroker
 from app.errors import BrokerUnavailable
 from app.settings import Settings
 from tests.support import timeout
@@ -56,11 +58,15 @@ def settings_for(request: pytest.FixtureRequest, prefix: str) -> Callable[..., S
 async def open_broker(settings_for: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
     """``await open_broker(listener, **settings)``: a started broker whose Pub/Sub is connected.
     ``listener`` may also be a function of the broker that returns the listener (e.g. a Hub)."""
-    opened: list[RedisBroker] = []
+    opened: list[RedisBroker | RedisHousekeeping] = []
 
     async def make(listener: Any, **overrides: Any) -> RedisBroker:
-        broker = RedisBroker(settings_for(**overrides))
-        opened.append(broker)
+        settings = settings_for(**overrides)
+        factory = clients.for_settings(settings)
+        broker = RedisBroker(settings, factory)
+        keeper = RedisHousekeeping(settings, factory)  # the janitor's part, on the same Redis
+        broker.housekeeping = keeper  # type: ignore[attr-defined]
+        opened.extend((broker, keeper))
         await broker.start(listener(broker) if callable(listener) else listener)
         async with asyncio.timeout(timeout(5)):
             while True:
@@ -79,3 +85,9 @@ def raw(broker: RedisBroker) -> Redis:
     """The broker's own read client, for setting up situations only a third party creates."""
     client: Redis = broker._read
     return client
+
+
+def housekeeping(broker: RedisBroker) -> RedisHousekeeping:
+    """The janitor's part of the broker (``RedisHousekeeping``) on the same Redis, embedded or not."""
+    keeper: RedisHousekeeping = broker.housekeeping  # type: ignore[attr-defined]
+    return keeper

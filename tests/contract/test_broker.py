@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from app import streamid
-from app.broker import Published, PublishRequest
-from app.broker_redis import RedisBroker
+from app.broker.interface import Published, PublishRequest
+from app.broker.streams import RedisBroker
 from app.errors import BrokerUnavailable, StorageError
+from app.protocol import streamid
 from app.settings import Settings
 from tests.contract.conftest import Recorder, raw
 from tests.support import free_port

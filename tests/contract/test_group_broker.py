@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from app import streamid
-from app.broker import PublishRequest
-from tests.contract.conftest import Recorder, raw
+from app.broker.interface import PublishRequest
+from app.protocol import streamid
+from tests.contract.conftest import Recorder, housekeeping, raw
 
 OpenBroker = Callable[..., Any]
 
@@ -102,27 +102,30 @@ async def test_acked_entries_leave_the_pending_list(open_broker: OpenBroker) -> 
 
 async def test_heartbeats_leases_and_housekeeping(open_broker: OpenBroker) -> None:
     broker = await open_broker(Recorder(), stream_max_age=0.05)
+    keeper = housekeeping(broker)
     await broker.heartbeat("live", 10_000)
-    assert await broker.alive(["live", "gone"]) == {"live"}
-    assert await broker.lease("janitor-a", 10_000)
-    assert not await broker.lease("janitor-b", 10_000)
-    assert await broker.lease("janitor-a", 10_000)  # renewing its own
+    alive = f"{broker.keys.prefix}:alive"
+    assert 0 < await raw(broker).pttl(f"{alive}:live") <= 10_000  # what reap.lua looks at
+    assert not await raw(broker).exists(f"{alive}:gone")
+    assert await keeper.lease("janitor-a", 10_000)
+    assert not await keeper.lease("janitor-b", 10_000)
+    assert await keeper.lease("janitor-a", 10_000)  # renewing its own
     ids = await published(broker, "old", ["1", "2"])
     async with asyncio.timeout(5):
         while int((await raw(broker).time())[0]) * 1000 <= int(ids[-1].split("-")[0]) + 60:  # noqa: ASYNC110
             await asyncio.sleep(0.02)  # entries only age: there is no event to wait for
-    assert await broker.trim("old") == 2
-    assert await broker.trim("old") == 0
+    assert await keeper.trim("old") == 2
+    assert await keeper.trim("old") == 0
     await broker.group_create("old", "g", None)
     fresh = await published(broker, "old", ["3"])
     await broker.group_read("old", "g", "someone", 1)
     await broker.group_ack("old", "g", fresh)
-    assert [(c.group, c.name, c.pending) for c in await broker.group_consumers("old")] == [
+    assert [(c.group, c.name, c.pending) for c in await keeper.group_consumers("old")] == [
         ("g", "someone", 0)
     ]
     await broker.heartbeat("someone", 10_000)
-    assert not await broker.reap_consumer("old", "g", "someone", 0)  # alive: kept
-    await raw(broker).delete(f"{broker.keys.prefix}:alive:someone")
-    assert not await broker.reap_consumer("old", "g", "someone", 60_000)  # read too lately: kept
-    assert await broker.reap_consumer("old", "g", "someone", 0)
-    assert await broker.group_consumers("old") == []
+    assert not await keeper.reap_consumer("old", "g", "someone", 0)  # alive: kept
+    await raw(broker).delete(f"{alive}:someone")
+    assert not await keeper.reap_consumer("old", "g", "someone", 60_000)  # read too lately: kept
+    assert await keeper.reap_consumer("old", "g", "someone", 0)
+    assert await keeper.group_consumers("old") == []

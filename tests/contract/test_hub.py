@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from app import protocol
-from app.broker import PublishRequest
-from app.broker_redis import RedisBroker
+from app.broker.interface import PublishRequest
+from app.broker.streams import RedisBroker
 from app.errors import BrokerError
-from app.hub import Hub
-from app.subscription import Subscription
+from app.fanout.hub import Hub
+from app.fanout.sink import Frame
+from app.fanout.subscription import Subscription
+from app.protocol import names
 from app.wakeup import Wakeup
-from app.wire import Outgoing
 from tests.contract.conftest import raw
 from tests.support import timeout
 
@@ -30,9 +30,9 @@ class Client:
         self.wake = Wakeup()
         self.sub: Subscription | None = None
 
-    async def take(self, count: int) -> list[Outgoing]:
+    async def take(self, count: int) -> list[Frame]:
         assert self.sub is not None
-        out: list[Outgoing] = []
+        out: list[Frame] = []
         async with asyncio.timeout(timeout(5)):
             while len(out) < count:
                 batch = await self.sub.take()
@@ -42,7 +42,7 @@ class Client:
         return out
 
 
-async def attach(hub: Hub, channel: str, position: protocol.Position = protocol.LATEST) -> Client:
+async def attach(hub: Hub, channel: str, position: names.Position = names.LATEST) -> Client:
     client = Client()
     client.sub = await hub.subscribe(channel, position, client.wake.set)
     return client
@@ -59,8 +59,8 @@ async def open_hub(open_broker: OpenBroker) -> tuple[Hub, RedisBroker]:
     return hubs[0], broker
 
 
-def payloads(messages: list[Outgoing]) -> list[Any]:
-    return [json.loads(m.asgi["text"])["data"] for m in messages]
+def payloads(messages: list[Frame]) -> list[Any]:
+    return [json.loads(m.text)["data"] for m in messages]
 
 
 async def test_each_message_is_built_once_for_every_local_consumer(open_broker: OpenBroker) -> None:

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from app.broker import PublishRequest
-from app.broker_redis import RedisBroker
+from app.broker.interface import PublishRequest
+from app.broker.streams import RedisBroker
 from app.errors import BrokerUnavailable
 from app.settings import Settings
 from tests.contract.conftest import Recorder

@@ -5,7 +5,9 @@ environment)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 
 import redis.asyncio as redis
 
@@ -28,3 +30,8 @@ async def slow(message: Message) -> None:
     await _client.sadd(f"{_prefix}:started", message.id)
     await asyncio.sleep(float(message.data.get("seconds", 0.02)))
     await _client.sadd(f"{_prefix}:done", message.id)
+
+
+async def loaded_modules(message: Message) -> None:
+    """Records the names of every module the runner's process has loaded."""
+    await _client.set(f"{_prefix}:modules", json.dumps(sorted(sys.modules)))

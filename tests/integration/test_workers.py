@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -56,6 +57,18 @@ def runner(worker: WorkerFactory, redis_url: str, prefix: str) -> WorkerFactory:
         )
 
     return start
+
+
+def test_a_runner_loads_no_server(runner: WorkerFactory, redis_client: redis.Redis, prefix: str) -> None:
+    """``relay worker run`` runs a broker, a hub and a group reader, and no uvicorn, Starlette or
+    FastAPI: the layering (pyproject.toml, import-linter) holds in the process itself."""
+    redis_client.xadd(f"{prefix}:{{tasks}}", {"data": '{"n": 1}'})
+    runner("r1", "loaded_modules")  # a new group starts at 0: it takes the entry above
+    wait_until(lambda: redis_client.exists(f"{prefix}:modules"), 20, "the handler to run")
+    loaded = json.loads(redis_client.get(f"{prefix}:modules") or "[]")
+    assert {"app.fanout.hub", "app.groups.reader", "workers.runner"} <= set(loaded)  # the real runner
+    server = [name for name in loaded if name.split(".")[0] in {"uvicorn", "starlette", "fastapi"}]
+    assert server + [name for name in loaded if name.startswith("app.server")] == []
 
 
 def members_of(client: redis.Redis, key: str, group: str) -> set[str]:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from app import streamid
-from app.broker import Page
-from app.pages import PAGE, PageSource
-from app.streamid import StreamId
+from app.broker.interface import Page
+from app.fanout.pages import PAGE, PageSource
+from app.protocol import streamid
+from app.protocol.streamid import StreamId
 from tests.support import timeout
 
 
@@ -53,7 +53,7 @@ async def catch_up(source: PageSource, after: StreamId, until: StreamId) -> list
     got: list[int] = []
     for _ in range(100):
         page = await source.read("c", after, until=until)
-        got.extend(json.loads(f.asgi["text"])["data"] for f in page.frames)
+        got.extend(json.loads(f.text)["data"] for f in page.frames)
         if page.ids:
             after = page.ids[-1]
         if len(page.ids) < PAGE:
@@ -155,5 +155,5 @@ async def test_kept_bytes_count_bytes_not_characters() -> None:
     stream.entries = [(f"{n}-0", json.dumps("😀" * 200, ensure_ascii=False)) for n in range(1, PAGE + 1)]
     source = PageSource(stream.read)
     page = await source.read("c", (0, 0), until=(PAGE, 0))
-    held = sum(len(f.raw) + len(f.asgi["text"].encode("utf-32")) for f in page.frames)
+    held = sum(len(f.data) + len(f.text.encode("utf-32")) for f in page.frames)
     assert source.kept_bytes >= held  # each emoji: 4 bytes in the frame, 4 in the text

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from app import protocol, streamid
 from app.errors import InvalidChannel, InvalidPosition
+from app.protocol import frames, names, streamid
+from app.protocol.codes import ErrorCode
 
 VALID = ["a", "Z", "0", "orders", "chat:room-1", "user.42_x", "a" * 128, "A-b_c.d:e"]
 INVALID = ["", "-a", "_a", ".a", ":a", "a b", "é", "a/b", "a{b}", "a" * 129, "a\n", "a*"]
@@ -13,26 +14,26 @@ INVALID = ["", "-a", "_a", ".a", ":a", "a b", "é", "a/b", "a{b}", "a" * 129, "a
 
 @pytest.mark.parametrize("name", VALID)
 def test_valid_channel_names(name: str) -> None:
-    assert protocol.check_channel(name) == name
+    assert names.check_channel(name) == name
 
 
 @pytest.mark.parametrize("name", INVALID)
 def test_invalid_channel_names_are_refused_with_the_rule(name: str) -> None:
     with pytest.raises(InvalidChannel) as refused:
-        protocol.check_channel(name)
-    assert protocol.CHANNEL_PATTERN in refused.value.detail
+        names.check_channel(name)
+    assert names.CHANNEL_PATTERN in refused.value.detail
     assert refused.value.code == "invalid_channel"
 
 
 def test_positions() -> None:
-    assert protocol.parse_position(None).latest
-    assert protocol.parse_position("$").latest
-    origin = protocol.parse_position("0")
+    assert names.parse_position(None).latest
+    assert names.parse_position("$").latest
+    origin = names.parse_position("0")
     assert (origin.after, origin.latest, origin.report_gap, origin.text) == ((0, 0), False, False, "0-0")
-    zero = protocol.parse_position("0-0")
+    zero = names.parse_position("0-0")
     assert (zero.after, zero.report_gap) == ((0, 0), True)  # a real cursor: its losses are reported
-    assert protocol.parse_position("1732540000000-7").after == (1732540000000, 7)
-    assert protocol.parse_position("18446744073709551615-18446744073709551615").after == (
+    assert names.parse_position("1732540000000-7").after == (1732540000000, 7)
+    assert names.parse_position("18446744073709551615-18446744073709551615").after == (
         2**64 - 1,
         2**64 - 1,
     )
@@ -56,7 +57,7 @@ def test_positions() -> None:
 )
 def test_invalid_positions(text: str) -> None:
     with pytest.raises(InvalidPosition) as refused:
-        protocol.parse_position(text)
+        names.parse_position(text)
     assert refused.value.code == "invalid_id"
 
 
@@ -68,18 +69,18 @@ def test_stream_ids_compare_numerically() -> None:
 
 def test_frames_are_the_contract_json() -> None:
     data = json.dumps({"nested": [1, "two", None], "unicode": "é✓"}, ensure_ascii=False)
-    assert json.loads(protocol.message_frame("1-0", "c", data)) == {
+    assert json.loads(frames.message("1-0", "c", data)) == {
         "type": "message",
         "id": "1-0",
         "channel": "c",
         "data": {"nested": [1, "two", None], "unicode": "é✓"},
     }
-    assert json.loads(protocol.subscribed_frame("c", "0-0")) == {
+    assert json.loads(frames.subscribed("c", "0-0")) == {
         "type": "subscribed",
         "channel": "c",
         "id": "0-0",
     }
-    assert json.loads(protocol.gap_frame("1-0", "5-0")) == {"type": "gap", "from": "1-0", "next": "5-0"}
-    assert json.loads(protocol.ack_frame("7-1")) == {"type": "ack", "id": "7-1"}
-    error = json.loads(protocol.error_frame(protocol.ErrorCode.INVALID_JSON, 'bad "quote"\n'))
+    assert json.loads(frames.gap("1-0", "5-0")) == {"type": "gap", "from": "1-0", "next": "5-0"}
+    assert json.loads(frames.ack("7-1")) == {"type": "ack", "id": "7-1"}
+    error = json.loads(frames.error(ErrorCode.INVALID_JSON, 'bad "quote"\n'))
     assert error == {"type": "error", "code": "invalid_json", "detail": 'bad "quote"\n'}

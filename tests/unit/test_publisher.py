@@ -7,23 +7,17 @@ from collections.abc import Sequence
 
 import pytest
 
-from app.broker import Published, PublishRequest
+from app.broker.interface import Published, PublishRequest
 from app.errors import BrokerUnavailable, StorageError
-from app.publisher import Publisher, _group
+from app.ingest.publisher import Publisher, _group, _Item
 
 
-def fut() -> asyncio.Future[tuple[str, bool]]:
-    return asyncio.get_running_loop().create_future()
+def item(channel: str, data: str, key: str | None = None) -> _Item:
+    return _Item(channel, data, key, asyncio.get_running_loop().create_future())
 
 
 async def test_grouping_keeps_channel_order_and_isolates_idempotent_messages() -> None:
-    items = [
-        ("a", "1", None, fut()),
-        ("b", "2", None, fut()),
-        ("a", "3", None, fut()),
-        ("a", "4", "key", fut()),
-        ("a", "5", None, fut()),
-    ]
+    items = [item("a", "1"), item("b", "2"), item("a", "3"), item("a", "4", "key"), item("a", "5")]
     requests, slots = _group(items)
     assert [(r.channel, r.data, r.idempotency_key) for r in requests] == [
         ("a", ["1", "3"], None),
@@ -31,11 +25,12 @@ async def test_grouping_keeps_channel_order_and_isolates_idempotent_messages() -
         ("a", ["4"], "key"),
         ("a", ["5"], None),
     ]
-    assert [(index, offset) for index, offset, _ in slots] == [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]
+    assert [(slot.request, slot.offset) for slot in slots] == [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]
+    assert [slot.future for slot in slots] == [i.future for i in items]
 
 
 async def test_large_runs_are_split() -> None:
-    items = [("a", "x" * 100_000, None, fut()) for _ in range(12)]
+    items = [item("a", "x" * 100_000) for _ in range(12)]
     requests, _ = _group(items)
     assert len(requests) > 1
     assert sum(len(r.data) for r in requests) == 12
@@ -45,9 +40,12 @@ class FakeBroker:
     def __init__(self) -> None:
         self.calls: list[list[PublishRequest]] = []
         self.fail: Exception | None = None
+        self.gate: asyncio.Event | None = None  # when set, publishes wait for it
         self.next_id = 0
 
     async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        if self.gate is not None:
+            await self.gate.wait()
         self.calls.append(list(requests))
         if self.fail is not None:
             raise self.fail
@@ -64,7 +62,7 @@ class FakeBroker:
 
 async def test_concurrent_submissions_share_a_round_trip_and_get_their_own_ids() -> None:
     broker = FakeBroker()
-    publisher = Publisher(broker)  # type: ignore[arg-type]
+    publisher = Publisher(broker)
     publisher.start()
     try:
         futures = [publisher.submit("a", str(n)) for n in range(10)] + [publisher.submit("broken", "x")]
@@ -79,7 +77,7 @@ async def test_concurrent_submissions_share_a_round_trip_and_get_their_own_ids()
 async def test_a_failed_round_trip_fails_every_message_in_it() -> None:
     broker = FakeBroker()
     broker.fail = BrokerUnavailable("down")
-    publisher = Publisher(broker)  # type: ignore[arg-type]
+    publisher = Publisher(broker)
     publisher.start()
     try:
         futures = [publisher.submit("a", str(n)) for n in range(3)]
@@ -91,18 +89,11 @@ async def test_a_failed_round_trip_fails_every_message_in_it() -> None:
 
 
 async def test_too_much_waiting_for_redis_makes_the_publisher_full_until_it_drains() -> None:
-    from app.publisher import MAX_QUEUED_BYTES
+    from app.ingest.publisher import MAX_QUEUED_BYTES
 
     broker = FakeBroker()
-    gate = asyncio.Event()
-    original = broker.publish
-
-    async def slow(requests: Sequence[PublishRequest]) -> list[Published | Exception]:
-        await gate.wait()
-        return await original(requests)
-
-    broker.publish = slow  # type: ignore[method-assign]
-    publisher = Publisher(broker)  # type: ignore[arg-type]
+    gate = broker.gate = asyncio.Event()
+    publisher = Publisher(broker)
     publisher.start()
     try:
         big = "x" * (1024 * 1024)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from app import protocol, streamid
-from app.broker import Page
-from app.pages import PAGE, PageSource
-from app.streamid import StreamId
-from app.subscription import Subscription
-from app.wire import Outgoing
+from app.broker.interface import Page
+from app.fanout.pages import PAGE, PageSource
+from app.fanout.sink import Frame
+from app.fanout.subscription import Subscription
+from app.protocol import frames, streamid
+from app.protocol.streamid import StreamId
 
 
 class FakeStream:
@@ -21,11 +21,11 @@ class FakeStream:
         self.reads = 0
         self.during_read: Callable[[], None] | None = None
 
-    def add(self, n: int) -> tuple[StreamId, Outgoing]:
+    def add(self, n: object) -> tuple[StreamId, Frame]:
         self.added += 1
         entry_id = f"{self.added}-0"
         self.entries.append((entry_id, json.dumps(n)))
-        return streamid.parse(entry_id), Outgoing(protocol.message_frame(entry_id, "c", json.dumps(n)))
+        return streamid.parse(entry_id), Frame(frames.message(entry_id, "c", json.dumps(n)))
 
     def trim(self, keep: int) -> None:
         removed, self.entries = self.entries[:-keep], self.entries[-keep:]
@@ -69,7 +69,7 @@ async def drain(sub: Subscription) -> list[dict[str, object]]:
         batch = await sub.take()
         if not batch:
             return frames
-        frames.extend(json.loads(m.asgi["text"]) for m in batch)
+        frames.extend(json.loads(m.text) for m in batch)
     raise AssertionError("take() never ran dry")
 
 
@@ -195,9 +195,9 @@ class FakeWire:
         self.open = True
         self.written: list[bytes] = []
 
-    def write(self, data: bytes) -> bool:
+    def write(self, frame: Frame) -> bool:
         if self.open:
-            self.written.append(data)
+            self.written.append(frame.data)
         return self.open
 
     def frames(self) -> list[dict[str, object]]:
@@ -205,7 +205,7 @@ class FakeWire:
 
 
 def parked(sub: Subscription, wire: FakeWire) -> None:
-    sub.park(wire)  # type: ignore[arg-type]
+    sub.park(wire)
 
 
 async def test_a_parked_subscription_writes_live_messages_to_the_wire_without_buffering() -> None:

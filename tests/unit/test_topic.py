@@ -1,4 +1,4 @@
-"""The topic's hole filling against a broker that misbehaves on purpose."""
+"""A topic's states and hole filling, against a broker that misbehaves on purpose."""
 
 from __future__ import annotations
 
@@ -6,23 +6,26 @@ import asyncio
 import json
 from typing import Any
 
-from app import protocol, streamid
-from app.broker import Page
+from app.broker.interface import Page
 from app.errors import BrokerUnavailable
-from app.hub import Hub
-from app.streamid import StreamId
+from app.fanout.hub import Hub
+from app.fanout.topic import Topic, TopicState
+from app.protocol import names, streamid
+from app.protocol.streamid import StreamId
 from app.wakeup import Wakeup
 from tests.support import timeout
 
 
 class FakeBroker:
-    """An in-memory stream; reads can be made to fail, ``follow`` can be held."""
+    """An in-memory stream; reads can be made to fail or be held, ``follow`` can be held."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, str]] = []
         self.failures = 0
         self.follow_gate: asyncio.Event | None = None
         self.following = asyncio.Event()
+        self.read_gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()  # set when a read begins
         self.reads = 0
 
     def add(self, value: Any) -> str:
@@ -47,16 +50,37 @@ class FakeBroker:
         self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
     ) -> Page:
         self.reads += 1
+        self.reading.set()
+        if self.read_gate is not None:
+            await self.read_gate.wait()
         if self.failures:
             self.failures -= 1
             raise BrokerUnavailable("down, on purpose")
         chosen = [(i, d) for i, d in self.entries if streamid.parse(i) > after]
         return Page(chosen[:count])
 
+    def announce(self, hub: Hub, value: Any) -> str:
+        """Store an entry and announce it as the broker would (after the one before it)."""
+        prev = self.entries[-1][0] if self.entries else "0-0"
+        entry_id = self.add(value)
+        hub.on_announcement("c", prev, [self.entries[-1]])
+        return entry_id
+
+
+def state(topic: Topic) -> TopicState:
+    """The topic's state now (a call: mypy must not assume it unchanged across an await)."""
+    return topic.state
+
+
+def topic_of(hub: Hub) -> Topic:
+    topic = hub.topic("c")
+    assert topic is not None
+    return topic
+
 
 async def follower(hub: Hub, channel: str = "c") -> tuple[Any, Wakeup]:
     wake = Wakeup()
-    sub = await hub.subscribe(channel, protocol.LATEST, wake.set)
+    sub = await hub.subscribe(channel, names.LATEST, wake.set)
     return sub, wake
 
 
@@ -67,13 +91,13 @@ async def received(sub: Any, wake: Wakeup, count: int) -> list[Any]:
             batch = await sub.take()
             if not batch:
                 await wake.wait()
-            out.extend(json.loads(m.asgi["text"]) for m in batch)
+            out.extend(json.loads(m.text) for m in batch)
     return [frame.get("data", frame) for frame in out]  # a message's data, any other frame whole
 
 
 async def test_a_failed_re_read_is_tried_again() -> None:
     broker = FakeBroker()
-    hub = Hub(broker, buffer=100)  # type: ignore[arg-type]
+    hub = Hub(broker, buffer=100)
     sub, wake = await follower(hub)
     broker.add("missed while Pub/Sub was down")
     broker.failures = 1
@@ -85,7 +109,7 @@ async def test_a_failed_re_read_is_tried_again() -> None:
 async def test_a_reconnect_while_a_channel_is_being_followed_is_not_lost() -> None:
     broker = FakeBroker()
     broker.follow_gate = asyncio.Event()
-    hub = Hub(broker, buffer=100)  # type: ignore[arg-type]
+    hub = Hub(broker, buffer=100)
     subscribing = asyncio.create_task(follower(hub))
     await asyncio.wait_for(broker.following.wait(), timeout(5))  # follow() has its position and waits
     missed = broker.add("published while Pub/Sub was down, never announced")
@@ -100,7 +124,7 @@ async def test_a_reconnect_while_a_channel_is_being_followed_is_not_lost() -> No
 
 async def test_an_announcement_beyond_what_the_stream_holds_is_delivered_not_waited_on() -> None:
     broker = FakeBroker()
-    hub = Hub(broker, buffer=100)  # type: ignore[arg-type]
+    hub = Hub(broker, buffer=100)
     sub, wake = await follower(hub)
     broker.add("kept")
     # announced after entry 50-0, which the stream no longer has (lost in a failover, or XDEL)
@@ -110,3 +134,83 @@ async def test_an_announcement_beyond_what_the_stream_holds_is_delivered_not_wai
         {"type": "gap", "from": "1-0", "next": "51-0"},  # the loss is said, not only logged
         "after a lost entry",
     ]
+
+
+async def test_a_topic_holds_what_is_announced_while_it_starts_then_follows() -> None:
+    broker = FakeBroker()
+    broker.follow_gate = asyncio.Event()
+    hub = Hub(broker, buffer=100)
+    subscribing = asyncio.create_task(follower(hub))
+    await asyncio.wait_for(broker.following.wait(), timeout(5))
+    assert state(topic_of(hub)) is TopicState.STARTING
+    broker.announce(hub, "announced while starting")  # held: the position is not known yet
+    broker.follow_gate.set()
+    sub, wake = await asyncio.wait_for(subscribing, timeout(5))
+    start = sub.last  # the subscribed position: the held entry, or just before it
+    broker.announce(hub, "live")
+    owed = [json.loads(data) for entry_id, data in broker.entries if streamid.parse(entry_id) > start]
+    assert await received(sub, wake, len(owed)) == owed
+    assert owed[-1] == "live"
+    assert (state(topic_of(hub)), broker.reads) == (TopicState.FOLLOWING, 0)  # held, not read again
+
+
+async def test_an_announcement_after_a_hole_fills_it_from_the_stream_then_follows() -> None:
+    broker = FakeBroker()
+    hub = Hub(broker, buffer=100)
+    sub, wake = await follower(hub)
+    broker.add("never announced")  # Pub/Sub lost it
+    broker.read_gate = asyncio.Event()
+    broker.announce(hub, "announced after it")
+    assert state(topic_of(hub)) is TopicState.FILLING
+    broker.announce(hub, "held while filling")
+    broker.read_gate.set()
+    assert await received(sub, wake, 3) == ["never announced", "announced after it", "held while filling"]
+    assert (state(topic_of(hub)), broker.reads) == (TopicState.FOLLOWING, 1)
+
+
+async def test_a_resync_is_owed_until_a_read_succeeds() -> None:
+    broker = FakeBroker()
+    hub = Hub(broker, buffer=100)
+    sub, wake = await follower(hub)
+    broker.add("missed while Pub/Sub was down")
+    broker.read_gate, broker.failures = asyncio.Event(), 1
+    hub.on_resubscribed()
+    topic = topic_of(hub)
+    assert state(topic) is TopicState.RESYNCING
+    await asyncio.wait_for(broker.reading.wait(), timeout(5))
+    assert state(topic) is TopicState.FILLING  # the read began
+    broker.reading.clear()
+    broker.read_gate.set()  # and fails
+    await asyncio.wait_for(broker.reading.wait(), timeout(5))  # tried again, after a backoff
+    assert await received(sub, wake, 1) == ["missed while Pub/Sub was down"]
+    assert (state(topic), broker.reads) == (TopicState.FOLLOWING, 2)
+
+
+async def test_a_resync_asked_for_during_a_read_reads_again() -> None:
+    broker = FakeBroker()
+    hub = Hub(broker, buffer=100)
+    sub, wake = await follower(hub)
+    broker.read_gate = asyncio.Event()
+    hub.on_resubscribed()
+    await asyncio.wait_for(broker.reading.wait(), timeout(5))
+    broker.add("stored after that read began, never announced")
+    hub.on_resubscribed()  # Pub/Sub dropped again meanwhile
+    topic = topic_of(hub)
+    assert state(topic) is TopicState.RESYNCING
+    broker.read_gate.set()
+    assert await received(sub, wake, 1) == ["stored after that read began, never announced"]
+    assert (state(topic), broker.reads) == (TopicState.FOLLOWING, 2)
+
+
+async def test_a_topic_whose_last_consumer_left_is_closed_and_delivers_nothing() -> None:
+    broker = FakeBroker()
+    hub = Hub(broker, buffer=100)
+    sub, _ = await follower(hub)
+    topic = topic_of(hub)
+    hub.unsubscribe(sub)
+    assert state(topic) is TopicState.CLOSED
+    assert hub.topic("c") is None
+    broker.announce(hub, "after the end")  # no topic to tell
+    topic.on_announcement(streamid.ZERO, [("9-0", '"late"')])
+    topic.resync()
+    assert (state(topic), topic.last, sub.buffered, broker.reads) == (TopicState.CLOSED, (0, 0), 0, 0)

@@ -5,22 +5,23 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from websockets.frames import Frame, Opcode
+from websockets import frames as ws_frames
 
-from app.wire import Outgoing, Wire, text_frame
+from app.fanout.sink import Frame, encode
+from app.server.wire import Wire
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_text_frame_matches_the_websockets_serialisation(size: int) -> None:
     payload = ("é" * size).encode()[:size]
-    expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
-    assert text_frame(payload) == expected
+    expected = ws_frames.Frame(ws_frames.Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert encode(payload) == expected
 
 
-def test_outgoing_carries_the_same_text_both_ways() -> None:
-    out = Outgoing('{"type":"message","data":"é"}')
-    assert out.asgi == {"type": "websocket.send", "text": '{"type":"message","data":"é"}'}
-    assert out.raw == text_frame('{"type":"message","data":"é"}'.encode())
+def test_a_frame_carries_its_text_and_the_same_text_as_bytes_on_the_wire() -> None:
+    frame = Frame('{"type":"message","data":"é"}')
+    assert frame.text == '{"type":"message","data":"é"}'
+    assert frame.data == encode('{"type":"message","data":"é"}'.encode())
 
 
 class ClosedTransport:
@@ -39,5 +40,5 @@ def test_a_transport_that_closed_itself_closes_the_wire_instead_of_raising(closi
     protocol = SimpleNamespace(transport=ClosedTransport(closing))
     wire = Wire(protocol)  # type: ignore[arg-type]
     wire.open = True
-    assert wire.write(b"frame") is False
+    assert wire.write(Frame('"frame"')) is False
     assert wire.open is False

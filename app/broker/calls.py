@@ -1,0 +1,56 @@
+"""One Redis call as the broker makes it: timed per operation, its failures in the relay's terms.
+
+``redis-py`` raises connection errors, timeouts and ``ResponseError``; the rest of the relay only
+ever sees :class:`~app.errors.BrokerUnavailable` (not known to be done: try again later) and
+:class:`~app.errors.StorageError` (Redis refused), and :class:`~app.errors.GroupMissing` for a
+consumer group that is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Final, TypeVar
+
+from redis import exceptions as redis_errors
+
+from app import metrics
+from app.errors import BrokerUnavailable, GroupMissing, StorageError
+
+T = TypeVar("T")
+
+UNAVAILABLE: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def checked(awaitable: Awaitable[T], operation: str) -> T:
+    """Await a Redis call, timed per ``operation``, turning its failures into the broker's errors."""
+    started = time.perf_counter()
+    try:
+        return await awaitable
+    except UNAVAILABLE as exc:
+        metrics.REDIS_ERRORS.labels(operation).inc()
+        raise BrokerUnavailable(f"Redis did not answer: {describe(exc)}") from exc
+    except redis_errors.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(operation).inc()
+        raise StorageError(f"Redis refused: {describe(exc)}") from exc
+    finally:
+        metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)
+
+
+async def group_call(awaitable: Awaitable[T], operation: str) -> T:
+    """A consumer-group command: a missing group (deleted, or Redis restarted empty) is GroupMissing."""
+    try:
+        return await checked(awaitable, operation)
+    except StorageError as exc:
+        if "NOGROUP" in str(exc):
+            raise GroupMissing(f"the consumer group does not exist: {exc}") from exc
+        raise
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,228 @@
+"""The broker's Pub/Sub connection: (re)connected, (re)subscribed, read and pinged by one supervisor.
+
+``follow``/``unfollow`` only queue a command; one sender task sends them in call order, so an
+UNSUBSCRIBE and a later SUBSCRIBE of the same channel can never swap. After every (re)connection
+the supervisor subscribes every followed channel again, waits until Redis confirms (a PING sent
+after the SUBSCRIBEs is answered after them), and only then tells the listener, which reads the
+streams for whatever was announced meanwhile. A PING every few seconds tells a dead connection
+from a quiet one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from app.backoff import Backoff
+from app.broker.calls import describe
+from app.broker.interface import BrokerListener
+from app.broker.keys import Keys
+from app.errors import BrokerUnavailable
+from app.settings import Settings
+
+log = logging.getLogger("relay.broker")
+
+_SUBSCRIBE_CHUNK: Final = 1000
+_PING_INTERVAL: Final = 5.0
+
+
+class PubSubSupervisor:
+    """Owns the Pub/Sub connection; ``connected`` while announcements flow."""
+
+    def __init__(self, client: Redis, keys: Keys, settings: Settings) -> None:
+        self._client = client
+        self._keys = keys
+        self._timeout = settings.redis_timeout
+        self._control = keys.instance(settings.instance_name)
+        self._listener: BrokerListener | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._followed: set[str] = set()
+        self._ops: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
+        self._ops_ready = asyncio.Event()
+        self._unconfirmed: Counter[str] = Counter()
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._pongs: dict[bytes, asyncio.Future[None]] = {}
+        self._pings = 0
+        self._heard = 0.0
+        self._sessions = 0  # sessions that got connected
+        self.connected = False
+
+    def start(self, listener: BrokerListener) -> None:
+        self._listener = listener
+        self._task = asyncio.create_task(self._supervise(), name="relay-pubsub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, self._timeout * 2)
+
+    async def follow(self, channel: str) -> None:
+        """Subscribe the channel's announcements; return once Redis confirmed."""
+        if not self.connected:
+            raise BrokerUnavailable("the Pub/Sub connection to Redis is down")
+        self._followed.add(channel)
+        name = self._keys.live(channel)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(name, []).append(waiter)
+        self._unconfirmed[name] += 1  # counted now: an earlier SUBSCRIBE's reply must not resolve this one
+        self._ops.append((True, channel))
+        self._ops_ready.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"Redis did not confirm SUBSCRIBE {name} in time") from exc
+
+    def unfollow(self, channel: str) -> None:
+        self._followed.discard(channel)
+        # queued even while (re)connecting: a session that subscribed it before it was let go
+        # unsubscribes it once connected (an UNSUBSCRIBE of a channel not subscribed is harmless)
+        self._ops.append((False, channel))
+        self._ops_ready.set()
+
+    async def _supervise(self) -> None:
+        backoff = Backoff()
+        while True:
+            sessions = self._sessions
+            try:
+                await self._session()
+            except Exception as exc:  # the session only ends by failing; CancelledError passes
+                if self._sessions != sessions:
+                    backoff.reset()  # it had been up: start again from the shortest wait
+                reason = describe(exc)
+            finally:
+                self._reset()
+            delay = backoff.failed()
+            log.warning("Pub/Sub connection to Redis lost (%s); retrying in %.2fs", reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        pubsub = self._client.pubsub()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await pubsub.subscribe(self._control)
+            tasks.append(asyncio.create_task(self._reader(pubsub), name="relay-pubsub-reader"))
+            names = [self._keys.live(channel) for channel in sorted(self._followed)]
+            for start in range(0, len(names), _SUBSCRIBE_CHUNK):
+                await self._subscribe(pubsub, names[start : start + _SUBSCRIBE_CHUNK], count=True)
+            await self._barrier(pubsub)
+            self.connected = True
+            self._sessions += 1
+            log.info("Pub/Sub connected; following %d channel(s)", len(names))
+            if self._listener is not None:
+                self._listener.on_resubscribed()
+            tasks.append(asyncio.create_task(self._sender(pubsub), name="relay-pubsub-sender"))
+            tasks.append(asyncio.create_task(self._pinger(pubsub), name="relay-pubsub-pinger"))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise BrokerUnavailable("Pub/Sub task ended")
+        finally:
+            self.connected = False  # at once: cleaning up below takes a moment
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):  # a dead connection must not hold the session open
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
+
+    def _reset(self) -> None:
+        self.connected = False
+        self._ops.clear()
+        self._unconfirmed.clear()
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(BrokerUnavailable("the Pub/Sub connection to Redis dropped"))
+        self._waiting.clear()
+        for pong in self._pongs.values():
+            pong.cancel()
+        self._pongs.clear()
+
+    async def _subscribe(self, pubsub: PubSub, names: list[str], *, count: bool) -> None:
+        if count:
+            for name in names:
+                self._unconfirmed[name] += 1
+        await pubsub.subscribe(*names)
+
+    async def _reader(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            self._heard = loop.time()
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "subscribe":
+                self._confirm(message["channel"])
+            elif kind == "pong":
+                pong = self._pongs.pop(message["data"], None)
+                if pong is not None and not pong.done():
+                    pong.set_result(None)
+
+    def _dispatch(self, name: bytes, payload: bytes) -> None:
+        listener = self._listener
+        parts = payload.decode().split("\0")
+        if listener is None or len(parts) % 2 == 0:
+            log.warning("ignoring a malformed announcement on %r", name)
+            return
+        channel = self._keys.channel_of_live(name.decode())
+        try:
+            listener.on_announcement(channel, parts[0], list(zip(parts[1::2], parts[2::2], strict=True)))
+        except ValueError:  # not ours: the stream is the truth, the next hole check reads it
+            log.warning("ignoring a malformed announcement on %r", name)
+
+    def _confirm(self, raw_name: bytes) -> None:
+        name = raw_name.decode()
+        self._unconfirmed[name] -= 1
+        if self._unconfirmed[name] > 0:
+            return
+        del self._unconfirmed[name]
+        for waiter in self._waiting.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _sender(self, pubsub: PubSub) -> None:
+        while True:
+            await self._ops_ready.wait()
+            self._ops_ready.clear()
+            while self._ops:
+                subscribe, channel = self._ops.popleft()
+                names = [self._keys.live(channel)]
+                while self._ops and self._ops[0][0] == subscribe:
+                    names.append(self._keys.live(self._ops.popleft()[1]))
+                if subscribe:
+                    await self._subscribe(pubsub, names, count=False)  # counted by follow()
+                else:
+                    await pubsub.unsubscribe(*names)
+
+    async def _pinger(self, pubsub: PubSub) -> None:
+        """A quiet connection and a dead one look alike: PING regularly, and give up on the
+        connection when nothing at all (PONG or message) has come for too long."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_PING_INTERVAL)
+            silent = loop.time() - self._heard
+            if silent > _PING_INTERVAL + self._timeout:
+                raise BrokerUnavailable(f"nothing heard on the Pub/Sub connection for {silent:.1f}s")
+            await pubsub.ping(b"relay-keepalive")
+
+    async def _barrier(self, pubsub: PubSub) -> None:
+        """PING and wait for its PONG: Redis has processed every command sent before it."""
+        self._pings += 1
+        token = b"relay-ping-%d" % self._pings
+        pong = asyncio.get_running_loop().create_future()
+        self._pongs[token] = pong
+        await pubsub.ping(token)
+        try:
+            await asyncio.wait_for(pong, self._timeout)
+        except TimeoutError as exc:
+            raise BrokerUnavailable("Redis did not answer PING on the Pub/Sub connection") from exc

@@ -1,0 +1,248 @@
+"""The Redis Streams broker (see :mod:`app.broker.interface` for what it guarantees).
+
+Connections per instance, whatever the number of channels and consumers:
+
+- ``pub``: one connection; every publish of the instance goes through it, batched in pipelines;
+- ``read``: up to three; stream reads (catch-up, hole filling, history), listings, groups, pings;
+- ``sub``: one Pub/Sub connection, owned by a supervisor (:mod:`app.broker.pubsub`).
+
+Every connection carries a client name ``relay:<instance>:<role>`` (see ``CLIENT LIST``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Final
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from app.broker import clients, scripts
+from app.broker.calls import UNAVAILABLE, checked, group_call
+from app.broker.interface import (
+    BrokerListener,
+    ChannelInfo,
+    Claimed,
+    Delivery,
+    Entry,
+    Page,
+    Published,
+    PublishRequest,
+)
+from app.broker.keys import Keys
+from app.broker.pubsub import PubSubSupervisor
+from app.errors import BrokerUnavailable, StorageError
+from app.protocol import streamid
+from app.protocol.streamid import StreamId
+from app.settings import Settings
+
+_READ_CONNECTIONS: Final = 3
+_SCAN_CAP: Final = 10_000
+
+
+def retention_args(settings: Settings) -> tuple[str, str, str]:
+    """ARGV[1..3] of ``publish.lua``: MAXLEN, max age in ms, idempotency window in seconds."""
+    return (
+        str(settings.stream_maxlen),
+        str(int((settings.stream_max_age or 0) * 1000)),
+        str(settings.idempotency_ttl),
+    )
+
+
+class RedisBroker:
+    """A :class:`app.broker.interface.Broker` on Redis Streams and Pub/Sub."""
+
+    def __init__(self, settings: Settings, make: clients.ClientFactory | None = None) -> None:
+        make = make or clients.for_settings(settings)
+        self._settings = settings
+        self._keys = Keys(settings.key_prefix)
+        # no retry for writes: after a dropped connection the script may have run, and running
+        # it again would store the messages twice
+        self._pub = make("pub", 1, 0, True)
+        self._read = make("read", _READ_CONNECTIONS, 1, True)
+        # bytes: redis-py misparses PONG on a Pub/Sub connection that decodes responses
+        self._sub = make("sub", 1, 0, False)
+        self._script_loaded = False
+        self._claim = self._read.register_script(scripts.CLAIM)
+        self._touch = self._read.register_script(scripts.TOUCH)
+        self._dead_maxlen = str(settings.stream_maxlen)
+        self._pubsub = PubSubSupervisor(self._sub, self._keys, settings)
+        self._publish_args: Final = retention_args(settings)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def start(self, listener: BrokerListener) -> None:
+        self._pubsub.start(listener)
+
+    async def close(self) -> None:
+        """Stop and disconnect, within a bounded time even when Redis does not answer."""
+        await self._pubsub.stop()
+        for client in (self._pub, self._read, self._sub):
+            await close_client(client, self._settings.redis_timeout)
+
+    async def ping(self) -> None:
+        if not self._pubsub.connected:
+            raise BrokerUnavailable("the Pub/Sub connection to Redis is down")
+        await checked(self._read.ping(), "ping")
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        replies = await self._run_publish(requests)
+        if replies and all(isinstance(r, redis_errors.NoScriptError) for r in replies):
+            replies = await self._run_publish(requests)  # SCRIPT FLUSH: nothing ran; load and retry
+        return [_published(reply) for reply in replies]
+
+    async def _run_publish(self, requests: Sequence[PublishRequest]) -> list[Any]:
+        """One round trip: SCRIPT LOAD when the script may be missing, then one EVALSHA per request."""
+        pipe = self._pub.pipeline(transaction=False)
+        load = not self._script_loaded
+        if load:
+            pipe.script_load(scripts.PUBLISH)
+        for request in requests:
+            pipe.execute_command("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request))
+        try:
+            replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "publish")
+        except BrokerUnavailable:
+            self._script_loaded = False  # a new connection may mean a restarted Redis
+            raise
+        replies = replies[1:] if load else replies
+        self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
+        return replies
+
+    def _publish_keys_and_args(self, request: PublishRequest) -> list[str | int]:
+        keys = self._keys
+        channel = request.channel
+        names = [keys.stream(channel), keys.trimmed(channel), keys.live(channel)]
+        if request.idempotency_key is not None:
+            names.append(keys.idempotency(channel, request.idempotency_key))
+        return [len(names), *names, *self._publish_args, *request.data]
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read(
+        self, channel: str, after: StreamId, *, until: StreamId | None, count: int, report_gap: bool = True
+    ) -> Page:
+        end = "+" if until is None else streamid.format_id(until)
+        pipe = self._read.pipeline(transaction=True)
+        pipe.get(self._keys.trimmed(channel))
+        pipe.xrange(self._keys.stream(channel), f"({streamid.format_id(after)}", end, count=count)
+        pipe.exists(self._keys.stream(channel))
+        watermark, raw, exists = await checked(pipe.execute(), "read")
+        lost_until = None
+        if report_gap and watermark is not None:
+            trimmed = streamid.validate(str(watermark))  # None if someone else wrote the key
+            if trimmed is not None and trimmed > after:
+                lost_until = trimmed
+        entries: list[Entry] = [(entry_id, fields.get("data", "null")) for entry_id, fields in raw]
+        return Page(entries, lost_until, bool(exists))
+
+    async def last_id(self, channel: str) -> StreamId:
+        raw = await checked(self._read.xrevrange(self._keys.stream(channel), count=1), "last_id")
+        return streamid.parse(str(raw[0][0])) if raw else streamid.ZERO
+
+    async def channels(self, limit: int) -> list[ChannelInfo]:
+        return await list_channels(self._read, self._keys, limit)
+
+    # -- following announcements ----------------------------------------------------------------
+
+    async def follow(self, channel: str) -> StreamId:
+        await self._pubsub.follow(channel)
+        return await self.last_id(channel)
+
+    def unfollow(self, channel: str) -> None:
+        self._pubsub.unfollow(channel)
+
+    # -- consumer groups ------------------------------------------------------------------------
+
+    async def group_create(self, channel: str, group: str, start: StreamId | None) -> None:
+        at = "$" if start is None else streamid.format_id(start)
+        try:
+            await checked(
+                self._read.xgroup_create(self._keys.stream(channel), group, id=at, mkstream=True),
+                "group_create",
+            )
+        except StorageError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def group_read(self, channel: str, group: str, consumer: str, count: int) -> list[Delivery]:
+        key = self._keys.stream(channel)
+        raw: Any = await group_call(
+            self._read.xreadgroup(group, consumer, {key: ">"}, count=count), "group_read"
+        )
+        if not raw:
+            return []
+        return [Delivery(entry_id, fields.get("data", "null"), 1) for entry_id, fields in raw[0][1]]
+
+    async def group_ack(self, channel: str, group: str, ids: Sequence[str]) -> None:
+        await group_call(self._read.xack(self._keys.stream(channel), group, *ids), "group_ack")
+
+    async def group_touch(self, channel: str, group: str, consumer: str, ids: Sequence[str]) -> None:
+        await group_call(
+            self._touch(keys=[self._keys.stream(channel)], args=[group, consumer, *ids]), "group_touch"
+        )
+
+    async def group_claim(
+        self, channel: str, group: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
+    ) -> Claimed:
+        keys = [self._keys.stream(channel), self._keys.dead(channel)]
+        args: list[str | int] = [group, consumer, min_idle_ms, max_deliveries, count, self._dead_maxlen]
+        claimed, dead = await group_call(self._claim(keys=keys, args=args), "group_claim")
+        deliveries = [Delivery(str(i), str(data), int(n)) for i, data, n in claimed]
+        return Claimed(deliveries, [str(i) for i in dead])
+
+    async def heartbeat(self, name: str, ttl_ms: int) -> None:
+        await checked(self._read.set(self._keys.alive(name), "1", px=ttl_ms), "heartbeat")
+
+
+async def list_channels(client: Redis, keys: Keys, limit: int) -> list[ChannelInfo]:
+    """Up to ``limit`` channels with a stream, by name (a SCAN of the key space: for operators)."""
+    names: list[str] = []
+    scan = client.scan_iter(match=keys.stream_pattern(), count=1000, _type="STREAM")
+    try:
+        async for key in scan:
+            names.append(key)
+            if len(names) >= _SCAN_CAP:
+                break
+    except UNAVAILABLE as exc:
+        raise BrokerUnavailable(f"Redis did not answer SCAN: {exc}") from exc
+    names = sorted(names)[:limit]
+    pipe = client.pipeline(transaction=False)
+    for key in names:
+        pipe.xinfo_stream(key)
+    infos = await checked(pipe.execute(raise_on_error=False), "channels")
+    return [
+        _channel_info(keys.channel_of_stream(key), info)
+        for key, info in zip(names, infos, strict=True)
+        if isinstance(info, dict)
+    ]
+
+
+async def close_client(client: Redis, within: float) -> None:
+    """Close a client's connections, giving up after ``within`` seconds (Redis may be gone)."""
+    with contextlib.suppress(*UNAVAILABLE):
+        await asyncio.wait_for(client.aclose(), within)
+
+
+def _published(reply: Any) -> Published | Exception:
+    if isinstance(reply, redis_errors.NoScriptError):
+        return BrokerUnavailable("the publish script was not loaded in Redis (SCRIPT FLUSH?); retry")
+    if isinstance(reply, Exception):
+        return StorageError(f"Redis refused the publish: {reply}")
+    return Published([str(entry_id) for entry_id in reply[1:]], replayed=reply[0] == 1)
+
+
+def _channel_info(name: str, info: dict[str, Any]) -> ChannelInfo:
+    first = info.get("first-entry")
+    return ChannelInfo(
+        name=name,
+        length=int(info["length"]),
+        first_id=first[0] if first else None,
+        last_id=str(info["last-generated-id"]),
+        groups=int(info.get("groups", 0)),
+    )

@@ -1,0 +1,27 @@
+"""A client for the relay: consume with automatic resume, publish without duplicates.
+
+::
+
+    from app.client import Consumer, Producer, Message, Gap
+
+    async for event in Consumer("http://127.0.0.1:8080", "orders", from_="0"):
+        if isinstance(event, Gap):
+            ...  # retention removed messages you had not received: say so, resync, ...
+        else:
+            print(event.id, event.data)
+
+    async with Producer("http://127.0.0.1:8080", "orders") as producer:
+        entry_id = await producer.publish({"order": 17})
+
+:class:`Consumer` (:mod:`app.client.consumer`) reconnects and resumes after the last message it
+yielded; :class:`Producer` (:mod:`app.client.producer`) posts each message with an idempotency
+key, so a retried one is stored once. ``relay publish``, ``relay tail`` and ``relay channels``
+(:mod:`app.client.commands`) are built on them. The client knows the relay only through
+:mod:`app.protocol`, as any other client would.
+"""
+
+from app.client.consumer import Consumer, Gap, Message
+from app.client.errors import ClientError, NotStored, Unreachable
+from app.client.producer import Producer
+
+__all__ = ["ClientError", "Consumer", "Gap", "Message", "NotStored", "Producer", "Unreachable"]

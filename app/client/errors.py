@@ -1,0 +1,45 @@
+"""What the client raises.
+
+::
+
+    ClientError          the relay refused what the client asked, for good
+     ├── NotStored       the relay stayed unavailable: the message is not known to be stored
+     └── Unreachable     no connection for longer than the caller allows
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+from websockets.exceptions import InvalidStatus
+
+
+class ClientError(Exception):
+    """The relay refused what the client asked, for good (a bad channel, a policy close)."""
+
+
+class NotStored(ClientError):
+    """The relay stayed unavailable for every attempt: the message is not known to be stored."""
+
+
+class Unreachable(ClientError):
+    """No connection to the relay could be made for longer than the caller allows."""
+
+
+def error_of(response: httpx2.Response) -> str:
+    """An HTTP error answer, as the relay explained it."""
+    try:
+        body = response.json()
+        return f"{response.status_code} {body.get('code')}: {body.get('detail')}"
+    except ValueError:
+        return f"{response.status_code}: {response.text[:200]}"
+
+
+def refusal_of(exc: InvalidStatus) -> str:
+    """A refused WebSocket handshake, as the relay explained it."""
+    try:
+        body = json.loads(exc.response.body or b"{}")
+        return f"{exc.response.status_code} {body.get('code')}: {body.get('detail')}"
+    except ValueError:
+        return f"refused with {exc.response.status_code}"

@@ -1,0 +1,353 @@
+"""One WebSocket connection, whatever its kind: what producers, consumers and members share.
+
+::
+
+    run(first frame)
+      accept, count, log "open" ─▶ start reading ─▶ first frame ─▶ write() until closing ─▶ close frame
+      at the end, always: stop reading and timers, uncount, log "closed by relay|client"
+
+A kind of connection (a subclass) says what it does with each client frame (:meth:`on_frame`,
+never blocking) and how it writes (:meth:`write`: it runs in the handler task and returns once
+``closing``, having sent what the kind owes first). The rest is here:
+
+- **reading**: a reader task takes the client's frames and hands them to ``on_frame``. On a wire
+  (``app.server.wire``), a kind that is mostly idle (``reads_on_arrival``) gets that task only
+  while frames wait in its inbox, so an idle connection costs one task; a busy kind (producers)
+  and every connection without a wire keep one reader loop for the connection's life.
+  :meth:`ready_to_read` may hold the reader back: uvicorn then stops reading the socket, and TCP
+  pushes back on the client;
+- **replies**, in order: :meth:`reply` (a text), :meth:`reply_later` (a future, rendered once it
+  is done: a publish's ack), :meth:`refuse` (an error for a bad frame) and :meth:`report` (an
+  error that is not the client's doing); :meth:`send_replies` sends those at the head that are
+  ready, together, in one write on a wire;
+- **the flood rule**, for kinds that count bad frames: more than 32 refused within 10 s close the
+  connection with 1008;
+- **token expiry**: 4401 when the token's ``exp`` passes;
+- **closing**: :meth:`request_close` (drain, expiry, flood, a frame too big) lets ``write`` wind
+  down, then sends the close frame; a client that leaves stops everything at once, and no close
+  frame is sent;
+- **metrics** (``relay_connections{role}``) and the connection's log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, Final
+
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app import metrics
+from app.logs import ConnectionLog, peer_of
+from app.protocol import frames
+from app.protocol.codes import Close, ErrorCode
+from app.server.outlet import outlet_of
+from app.server.wire import Inbox, Wire
+from app.wakeup import Wakeup
+
+Render = Callable[["asyncio.Future[Any]"], str]
+Reply = str | tuple["asyncio.Future[Any]", Render]
+"""A reply's text, or a future and how to render it once done (kept in order with the rest)."""
+
+FLOOD_REASON: Final = "too many frames that could not be accepted; fix the client"
+TOKEN_EXPIRED_REASON: Final = "token expired: reconnect with a new token"
+_REPLY_BATCH: Final = 256  # replies per write
+
+
+class FloodGuard:
+    """Counts a client's bad frames: more than ``limit`` within ``seconds`` is a flood."""
+
+    __slots__ = ("_seconds", "_times")
+
+    def __init__(self, limit: int = 32, seconds: float = 10.0) -> None:
+        self._times: deque[float] = deque(maxlen=limit)
+        self._seconds = seconds
+
+    def flooding(self) -> bool:
+        """Record one bad frame; True when this one is over the limit."""
+        now = time.monotonic()
+        full = len(self._times) == self._times.maxlen
+        if full and now - self._times[0] < self._seconds:
+            return True
+        self._times.append(now)
+        return False
+
+
+class Connection(ABC):
+    role: ClassVar[str]
+    """The label of ``relay_connections`` and of the log lines: producer, consumer, member."""
+    reads_on_arrival: ClassVar[bool] = True
+    """Take frames with a task made when they arrive (idle kinds), not with a lifelong loop."""
+    counts_bad_frames: ClassVar[bool] = True
+    """Refused frames count toward the flood rule (producers get one reply per frame instead)."""
+
+    __slots__ = (
+        "_client_code",
+        "_close",
+        "_closing",
+        "_closing_waiter",
+        "_expires",
+        "_flood",
+        "_gone",
+        "_inbox",
+        "_log",
+        "_reader",
+        "_replies",
+        "_room",
+        "channel",
+        "out",
+        "wake",
+        "websocket",
+    )
+
+    def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None = None) -> None:
+        self.websocket = websocket
+        self.channel = channel
+        self.out = outlet_of(websocket)
+        self.wake = Wakeup()  # the writer waits on it: something to send, or closing
+        self._expires = expires
+        self._client_code: int | None = None
+        self._close: tuple[int, str] | None = None  # asked for by the relay
+        self._closing = False
+        self._gone = False
+        self._log: ConnectionLog | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._inbox: Inbox | None = None
+        # made when first needed: most connections never need them, and thousands sit idle
+        self._replies: deque[Reply] | None = None
+        self._room: Wakeup | None = None
+        self._flood: FloodGuard | None = None
+        self._closing_waiter: asyncio.Future[None] | None = None
+
+    # -- what each kind says ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def write(self) -> None:
+        """Send until ``closing`` (replies first, with ``send_replies``), then return."""
+
+    @abstractmethod
+    def on_frame(self, message: Message) -> None:
+        """Act on one frame from the client (an ASGI ``websocket.receive`` message); never block."""
+
+    async def ready_to_read(self) -> None:
+        """Return when the next client frame may be taken; by default at once."""
+        return
+
+    def finish(self) -> None:
+        """The connection is over: let go of what the kind holds (timers); by default nothing."""
+        return
+
+    # -- life --------------------------------------------------------------------------------------
+
+    async def run(self, first_frame: str | None = None) -> None:
+        """Serve the connection until it closes, from either side."""
+        websocket = self.websocket
+        await websocket.accept()
+        metrics.CONNECTIONS.labels(self.role).inc()
+        self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
+        self._start_reading()
+        expiry = self._expire_at(self._expires)
+        try:
+            if first_frame is not None:
+                await self.out.send_texts([first_frame])
+            await self.write()
+            if self._close is not None and not self._gone:
+                await websocket.close(*self._close)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()
+            if self._inbox is not None:
+                self._inbox.listener = None
+            if expiry is not None:
+                expiry.cancel()
+            self.finish()
+            metrics.CONNECTIONS.labels(self.role).dec()
+            self._log_close()
+
+    @property
+    def closing(self) -> bool:
+        """The writer should wind down: the relay asked to close, or the client left."""
+        return self._closing
+
+    @property
+    def gone(self) -> bool:
+        """The client left: nothing more can be sent."""
+        return self._gone
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close with ``code``, once ``write`` has sent what the kind owes (drain, expiry, flood)."""
+        if not self._closing:
+            self._close = (code, reason)
+            self._stop()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the connection starts closing meanwhile."""
+        if self._closing:
+            return
+        if self._closing_waiter is None:
+            self._closing_waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closing_waiter), seconds)
+
+    def _stop(self) -> None:
+        self._closing = True
+        if self._closing_waiter is not None and not self._closing_waiter.done():
+            self._closing_waiter.set_result(None)
+        self.wake.set()
+        if self._room is not None:
+            self._room.set()
+
+    def _left(self, code: int | None) -> None:
+        """The client is gone: stop writing, send no close frame."""
+        self._client_code = code
+        self._gone = True
+        self._stop()
+
+    def _expire_at(self, expires: float | None) -> asyncio.TimerHandle | None:
+        """Close the connection with 4401 when its token's ``exp`` (a Unix time) passes."""
+        if expires is None:
+            return None
+        delay = max(0.0, expires - time.time())
+        return asyncio.get_running_loop().call_later(
+            delay, self.request_close, Close.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON
+        )
+
+    def _log_close(self) -> None:
+        if self._log is None:
+            return
+        if self._close is not None:
+            self._log.closed(self._close[0], self._close[1], "relay")
+        else:
+            self._log.closed(self._client_code, "", "client")
+
+    # -- replies -----------------------------------------------------------------------------------
+
+    def reply(self, text: str) -> None:
+        self._queue(text)
+
+    def reply_later(self, future: asyncio.Future[Any], render: Render) -> None:
+        """A reply that is known once ``future`` is done; later replies wait behind it."""
+        self._queue((future, render))
+
+    def refuse(self, code: ErrorCode, detail: str) -> None:
+        """The client's frame is refused: answer with an error (a flood closes the connection)."""
+        if self.counts_bad_frames:
+            if self._flood is None:
+                self._flood = FloodGuard()
+            if self._flood.flooding():
+                self.request_close(Close.POLICY, FLOOD_REASON)
+                return
+        self.reply(self.error_text(code, detail))
+
+    def report(self, code: ErrorCode, detail: str) -> None:
+        """Tell the client of an error that is not its doing (not counted as a bad frame)."""
+        self.reply(self.error_text(code, detail))
+
+    def error_text(self, code: ErrorCode, detail: str) -> str:
+        """An error frame's text, counted in the metrics and logged with the connection."""
+        metrics.ERRORS.labels(code).inc()
+        if self._log is not None:
+            self._log.error(code, detail)
+        return frames.error(code, detail)
+
+    @property
+    def has_replies(self) -> bool:
+        return bool(self._replies)
+
+    @property
+    def queued_replies(self) -> int:
+        return len(self._replies) if self._replies is not None else 0
+
+    async def wait_for_reply_room(self, limit: int) -> None:
+        """Return once fewer than ``limit`` replies wait to be sent (or the connection closes)."""
+        while self.queued_replies >= limit and not self._closing:
+            if self._room is None:
+                self._room = Wakeup()
+            await self._room.wait()
+
+    async def settle_first_reply(self) -> None:
+        """Wait until the first queued reply is known (its future is done)."""
+        if self._replies:
+            head = self._replies[0]
+            if not isinstance(head, str):
+                with contextlib.suppress(Exception):  # an error is a reply too: its render says it
+                    await head[0]
+
+    async def send_replies(self) -> None:
+        """Send the replies at the head of the queue that are known, in order, together; stop at
+        the first that is not known yet."""
+        replies = self._replies
+        while replies:
+            texts: list[str] = []
+            while replies and len(texts) < _REPLY_BATCH:
+                head = replies[0]
+                if not isinstance(head, str):
+                    future, render = head
+                    if not future.done():
+                        break
+                    head = render(future)
+                replies.popleft()
+                texts.append(head)
+            if not texts:
+                return
+            if self._room is not None:
+                self._room.set()
+            await self.out.send_texts(texts)
+
+    def _queue(self, reply: Reply) -> None:
+        if self._replies is None:
+            self._replies = deque()
+        self._replies.append(reply)
+        self.wake.set()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        out = self.out
+        if isinstance(out, Wire) and self.reads_on_arrival:
+            self._inbox = inbox = out.inbox
+            inbox.listener = self._on_event
+            if not inbox.empty():  # it arrived before the listener
+                self._reader = asyncio.create_task(self._take_frames())
+        else:
+            self._reader = asyncio.create_task(self._read_loop())
+
+    def _on_event(self, message: Message) -> None:
+        """The inbox's listener: called as each event arrives."""
+        if message["type"] == "websocket.disconnect":
+            self._left(message.get("code"))
+        elif self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._take_frames())
+
+    async def _take_frames(self) -> None:
+        """Act on the frames in the inbox, then end (uvicorn reads no more until it is empty)."""
+        inbox = self._inbox
+        assert inbox is not None
+        try:
+            for _ in range(inbox.qsize()):
+                await self.ready_to_read()
+                if not self._take(await self.websocket.receive()):  # there already: returns at once
+                    return
+        finally:
+            self._reader = None
+
+    async def _read_loop(self) -> None:
+        while not self._closing:
+            await self.ready_to_read()
+            if not self._take(await self.websocket.receive()):
+                return
+
+    def _take(self, message: Message) -> bool:
+        """Hand one event to the kind; False once the client is gone."""
+        if message["type"] == "websocket.disconnect":
+            self._left(message.get("code"))
+            return False
+        self.on_frame(message)
+        return True

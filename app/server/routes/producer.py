@@ -1,0 +1,160 @@
+"""``WS /ws/producer/{channel}``: producers.
+
+Every text frame is one JSON message and gets exactly one reply, in frame order: an ``ack`` once
+Redis has the entry, or an ``error``. The reader hands each frame to the publisher and queues a
+reply that settles when the publish does; the handler sends the replies in order, those settled
+together in one write. A producer may keep up to ``RELAY_PRODUCER_WINDOW`` frames unanswered;
+beyond that, while the instance has more waiting for Redis than it keeps, and after a frame over
+its rate, the relay stops reading its socket (TCP backpressure) instead of buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.types import Message
+from starlette.websockets import WebSocket
+
+from app import metrics
+from app.errors import BrokerUnavailable, StorageError
+from app.ingest.checks import RateLimit, utf8_length_exceeds
+from app.ingest.publisher import Publisher, Receipt
+from app.protocol import frames
+from app.protocol.codes import Close, ErrorCode
+from app.server.connection import Connection
+from app.server.routes.common import DRAINING_DETAIL, admit, relay_of
+from app.settings import Settings
+
+
+async def serve(websocket: WebSocket, channel: str) -> None:
+    """``WS /ws/producer/{channel}`` (dispatched by :mod:`app.server.sockets`)."""
+    admission = await admit(websocket, channel, publish=True)
+    if admission is None:
+        return
+    relay = relay_of(websocket)
+    connection = ProducerConnection(
+        websocket, channel, relay.publisher, relay.settings, expires=admission.grant.expires
+    )
+    with relay.connection(connection):
+        await connection.run()
+
+
+class ProducerConnection(Connection):
+    role = "producer"
+    reads_on_arrival = False  # producers are busy: one reader loop, no task per arrival
+    counts_bad_frames = False  # every frame gets its reply; the window bounds them
+
+    __slots__ = (
+        "_idle",
+        "_idle_timeout",
+        "_last_frame",
+        "_limit",
+        "_loop",
+        "_max_bytes",
+        "_pause",
+        "_publisher",
+        "_window",
+    )
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        channel: str,
+        publisher: Publisher,
+        settings: Settings,
+        *,
+        expires: float | None = None,
+    ) -> None:
+        super().__init__(websocket, channel, expires=expires)
+        self._publisher = publisher
+        self._window = settings.producer_window
+        self._max_bytes = settings.max_message_bytes
+        self._limit = (
+            RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
+        )
+        self._idle_timeout = settings.producer_idle_timeout or None
+        self._pause = 0.0  # seconds to wait before reading on (after a frame over the rate)
+        self._loop = asyncio.get_running_loop()
+        self._last_frame = self._loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+
+    async def run(self, first_frame: str | None = None) -> None:
+        self._watch_idle()
+        await super().run(first_frame)
+
+    async def ready_to_read(self) -> None:
+        """Read no further while the window is full, Redis is behind, or the rate says wait."""
+        publisher = self._publisher
+        while not self.closing:
+            if self._pause:
+                pause, self._pause = self._pause, 0.0
+                await asyncio.sleep(pause)
+            elif self.queued_replies >= self._window:
+                await self.wait_for_reply_room(self._window)
+            elif publisher.full:
+                await publisher.wait_for_room()  # all producers together wait for Redis
+            else:
+                return
+
+    def on_frame(self, message: Message) -> None:
+        self._last_frame = self._loop.time()
+        text = message.get("text")
+        if self.closing:
+            self.report(ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
+        elif text is None:
+            self.refuse(ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary")
+        elif utf8_length_exceeds(text, self._max_bytes):
+            metrics.ERRORS.labels(ErrorCode.TOO_LARGE).inc()
+            self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES ({self._max_bytes})")
+        elif self._limit is not None and not self._limit.take():
+            metrics.RATE_LIMITED.inc()
+            self.refuse(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down")
+            self._pause = self._limit.delay()  # read no faster than allowed: backpressure
+        else:
+            self._publish(text)
+
+    def _publish(self, text: str) -> None:
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self.refuse(ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
+            return
+        self.reply_later(self._publisher.submit(self.channel, text), self._settled)
+
+    def _settled(self, receipt: asyncio.Future[Receipt]) -> str:
+        error = BrokerUnavailable("the publish was cancelled") if receipt.cancelled() else receipt.exception()
+        if error is None:
+            return frames.ack(receipt.result()[0])
+        if isinstance(error, StorageError):
+            return self.error_text(ErrorCode.STORAGE_ERROR, f"not stored: {error}")
+        if not isinstance(error, BrokerUnavailable):
+            error = BrokerUnavailable(str(error))
+        return self.error_text(ErrorCode.UNAVAILABLE, f"not stored: {error}")
+
+    async def write(self) -> None:
+        """Send every reply, in order; on a close request, only once each frame read has its reply."""
+        while not self.gone:
+            await self.send_replies()
+            if self.has_replies:
+                await self.settle_first_reply()
+            elif self.closing:
+                return
+            else:
+                await self.wake.wait()
+
+    def finish(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def _watch_idle(self) -> None:
+        """Close a producer that sent nothing for the idle timeout (a timer, not a per-frame cost)."""
+        timeout = self._idle_timeout
+        if timeout is None:
+            return
+        quiet = self._loop.time() - self._last_frame
+        if quiet >= timeout:
+            metrics.IDLE_CLOSES.inc()
+            self.request_close(Close.NORMAL, f"idle for {timeout:g}s (RELAY_PRODUCER_IDLE_TIMEOUT)")
+            return
+        self._idle = self._loop.call_later(timeout - quiet, self._watch_idle)

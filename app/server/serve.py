@@ -1,0 +1,74 @@
+"""``relay serve``: uvicorn with the relay's drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
+
+from app.server.app import create_app
+from app.server.lifecycle import Relay
+from app.server.wire import WireProtocol
+from app.settings import Settings
+
+log = logging.getLogger("relay")
+
+
+class RelayServer(uvicorn.Server):
+    """Drains the relay (:meth:`app.server.lifecycle.Relay.drain`) before uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def _relay(self) -> Relay | None:
+        return getattr(self._app.state, "relay", None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        relay = self._relay()
+        if relay is not None:
+            relay.begin_drain()  # /readyz answers 503 from this instant
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        relay = self._relay()
+        if relay is not None and not self.force_exit:
+            await relay.drain()
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=uvicorn_log_config(
+            "debug" if settings.log_level == "trace" else settings.log_level, settings.log_format
+        ),
+        ws=WireProtocol if settings.ws == "wire" else settings.ws,
+        loop=settings.loop,
+        ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
+        access_log=False,
+        lifespan="on",
+    )
+    RelayServer(config, app).run()
+
+
+def uvicorn_log_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """uvicorn's logging config, with the relay's own loggers printed the same way."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["relay"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    if fmt == "json":
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": "app.logs.JsonFormatter"}
+    return config

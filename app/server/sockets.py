@@ -1,0 +1,40 @@
+"""The WebSocket endpoints, dispatched by path before FastAPI's routing.
+
+``/ws/consumer[/{channel}]`` and ``/ws/producer[/{channel}]`` take no FastAPI parameters, bodies or
+dependencies, yet every connection would keep FastAPI's and Starlette's middleware, routing and
+dependency frames (and their exit stacks) alive for as long as it stays open: about half of an idle
+consumer's memory (``docs/performance.md``). :class:`app.server.app.RelayApp` hands the handshakes that
+:func:`match` recognises straight to their handler; anything else goes through FastAPI as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from starlette.types import Scope
+from starlette.websockets import WebSocket
+
+from app.protocol.names import DEFAULT_CHANNEL
+from app.server.routes import consumer, producer
+
+Endpoint = Callable[[WebSocket, str], Awaitable[None]]
+
+ENDPOINTS: Final[dict[str, Endpoint]] = {"consumer": consumer.serve, "producer": producer.serve}
+
+
+def match(scope: Scope) -> tuple[Endpoint, str] | None:
+    """The handler and channel for a handshake's path (without the root path), or None."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    parts = path.split("/", 4)
+    if len(parts) < 3 or parts[0] or parts[1] != "ws" or len(parts) > 4:
+        return None
+    endpoint = ENDPOINTS.get(parts[2])
+    if endpoint is None:
+        return None
+    if len(parts) == 3:
+        return endpoint, DEFAULT_CHANNEL
+    return (endpoint, parts[3]) if parts[3] else None
