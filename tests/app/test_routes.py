@@ -10,15 +10,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from app.main import create_app
+from app.server.app import create_app
 from app.settings import Settings
+from tests.support import timeout
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     settings = Settings(_env_file=None, redis_url=None, max_message_bytes=256, stream_maxlen=50)  # type: ignore[call-arg]
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + timeout(5)
         while client.get("/readyz").status_code != 200:  # Pub/Sub connects in the background
             assert time.monotonic() < deadline, client.get("/readyz").json()
             time.sleep(0.01)

@@ -105,16 +105,15 @@ async def test_through_the_balancer_nothing_is_lost_when_instances_drain_or_die(
     tasks = [asyncio.create_task(follow(c, g, total)) for c, g in zip(consumers, got, strict=True)]
 
     # every consumer is subscribed (its position known) before anything is published
-    async with asyncio.timeout(timeout(15)):
-        while any(c.position is None for c in consumers):  # noqa: ASYNC110 - the client has no event for it
-            await asyncio.sleep(0.05)
+    await asyncio.wait_for(asyncio.gather(*(c.subscribed() for c in consumers)), timeout(15))
     # the operator's endpoints are not exposed through the public balancer
     import httpx2
 
-    assert httpx2.get(f"{lb.url}/metrics", timeout=5).status_code == 404
-    assert httpx2.get(f"{instances[0].http}/metrics", timeout=5).status_code == 200
+    async with httpx2.AsyncClient(timeout=timeout(5)) as http:
+        assert (await http.get(f"{lb.url}/metrics")).status_code == 404
+        assert (await http.get(f"{instances[0].http}/metrics")).status_code == 200
     # leastconn spread them over all three instances
-    spread = [consumers_on(i) for i in instances]
+    spread = await asyncio.to_thread(lambda: [consumers_on(i) for i in instances])
     assert all(n >= 1 for n in spread), spread
 
     async with Producer(lb.url, "stream", window=16, max_backoff=0.5) as producer:
@@ -125,7 +124,7 @@ async def test_through_the_balancer_nothing_is_lost_when_instances_drain_or_die(
         ids = await publish(0, 200)
         instances[0].signal(signal.SIGTERM)  # drains: its consumers get 1012 and come back elsewhere
         ids += await publish(200, 400)
-        assert instances[0].wait_exit(10) in (0, -signal.SIGTERM)
+        assert await asyncio.to_thread(instances[0].wait_exit, 10) in (0, -signal.SIGTERM)
         instances[1].signal(signal.SIGKILL)  # dies: its sockets just break
         ids += await publish(400, total)
 

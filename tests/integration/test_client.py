@@ -15,27 +15,37 @@ from tests.support import publish_all, stream_ids, timeout
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
 
-async def take(consumer: Consumer, count: int, into: list[Message | Gap]) -> None:
+async def take(
+    consumer: Consumer, count: int, into: list[Message | Gap], more: asyncio.Event | None = None
+) -> None:
+    """Iterate until ``count`` events are in ``into``; ``more`` is set at each one."""
     async for event in consumer:
         into.append(event)
+        if more is not None:
+            more.set()
         if len(into) >= count:
             return
+
+
+async def holding(into: list[Message | Gap], count: int, more: asyncio.Event) -> None:
+    """Wait until ``into`` holds ``count`` events."""
+    async with asyncio.timeout(timeout(10)):
+        while len(into) < count:
+            more.clear()
+            await more.wait()
 
 
 async def test_the_consumer_resumes_across_an_instance_restart(relay: RelayFactory) -> None:
     a = relay(drain_grace="0").start()
     consumer = Consumer(a.http, "restarts", max_backoff=0.3)
     got: list[Message | Gap] = []
-    reading = asyncio.create_task(take(consumer, 20, got))
-    async with asyncio.timeout(timeout(10)):
-        while consumer.position is None:  # noqa: ASYNC110 - the client has no event for it
-            await asyncio.sleep(0.02)
+    more = asyncio.Event()
+    reading = asyncio.create_task(take(consumer, 20, got, more))
+    await asyncio.wait_for(consumer.subscribed(), timeout(10))
     first = await publish_all(f"{a.ws}/ws/producer/restarts", list(range(10)))
-    async with asyncio.timeout(timeout(10)):
-        while len(got) < 10:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await holding(got, 10, more)
     a.signal(signal.SIGTERM)
-    a.wait_exit(10)
+    await asyncio.to_thread(a.wait_exit, 10)
     second = await asyncio.to_thread(lambda: a.start())  # the same port: the consumer finds it again
     assert second is a
     later = await publish_all(f"{a.ws}/ws/producer/restarts", list(range(10, 20)))
@@ -63,7 +73,7 @@ async def test_the_producer_stores_each_message_once_across_a_restart(
         tasks = [asyncio.create_task(producer.publish({"n": n})) for n in range(200)]
         await asyncio.sleep(0)  # let the first requests go out
         a.signal(signal.SIGKILL)  # answers lost mid-flight
-        a.wait_exit(10)
+        await asyncio.to_thread(a.wait_exit, 10)
         await asyncio.to_thread(a.start)
         ids = await asyncio.wait_for(asyncio.gather(*tasks), timeout(30))
     stored = stream_ids(redis_client, f"{prefix}:{{once}}")
@@ -93,7 +103,7 @@ async def test_a_group_consumer_acks_as_it_goes_even_with_prefetch_one_and_acros
             got.append(event.id)
             if len(got) == 3:  # the instance restarts while the third is in hand
                 a.signal(signal.SIGTERM)
-                a.wait_exit(10)
+                await asyncio.to_thread(a.wait_exit, 10)
                 await asyncio.to_thread(a.start)
             if set(got) >= set(ids):
                 break

@@ -119,5 +119,7 @@ async def test_group_members_hold_no_redis_connection_of_their_own(
             return sum(int(redis_client.xpending(f"{prefix}:{{{c}}}", g)["pending"]) for c, g in pairs)
 
         # every message reached one member of each group of its channel (held, not yet acked)
-        wait_until(lambda: handed_out() == 4 * len(pairs), 10, "every group to hand out its messages")
+        await asyncio.to_thread(
+            wait_until, lambda: handed_out() == 4 * len(pairs), 10, "every group to hand out its messages"
+        )
         assert relay_connections(redis_client, "groupcount") <= 5

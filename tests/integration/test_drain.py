@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import RelayFactory
-from tests.support import close_code, consumer, publish_all, recv_json, stream_ids, timeout, wait_until
+from tests.support import close_code, consumer, eventually, publish_all, recv_json, stream_ids, timeout
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -33,13 +33,16 @@ async def test_sigterm_drains_consumers_and_exits_within_five_seconds(
         acked = await publish_all(f"{a.ws}/ws/producer/idle-2", list(range(10)))
         for n in range(5):
             await producer.send(json.dumps({"late": n}))
-        with httpx.Client(base_url=a.http, timeout=timeout(2)) as http:
-            assert http.get("/readyz").status_code == 200
+        async with httpx.AsyncClient(base_url=a.http, timeout=timeout(2)) as http:
+            assert (await http.get("/readyz")).status_code == 200
             started = time.monotonic()
             a.signal(signal.SIGTERM)
 
             # during the grace period: not ready, new connections refused, old ones still served
-            wait_until(lambda: http.get("/readyz").status_code == 503, 1, "/readyz to turn 503")
+            async def not_ready() -> bool:
+                return (await http.get("/readyz")).status_code == 503
+
+            await eventually(not_ready, 1, "/readyz to turn 503")
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(f"{a.ws}/ws/consumer/idle-1", open_timeout=timeout(2)):
                     pass
@@ -48,7 +51,7 @@ async def test_sigterm_drains_consumers_and_exits_within_five_seconds(
         late_replies = [await recv_json(producer) for _ in range(5)]
         codes = await asyncio.gather(close_code(c1), close_code(c2), close_code(c3), close_code(producer))
         assert codes == [1012, 1012, 1012, 1012]
-        assert a.wait_exit(5 - (time.monotonic() - started)) in (0, -signal.SIGTERM)
+        assert await asyncio.to_thread(a.wait_exit, 5 - (time.monotonic() - started)) in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 5
     # every frame got its reply before the close; nothing acknowledged is lost
     assert [r["type"] for r in late_replies] == ["ack"] * 5
@@ -62,7 +65,7 @@ async def test_default_settings_exit_within_five_seconds_with_idle_consumers(rel
         started = time.monotonic()
         a.signal(signal.SIGTERM)
         assert await close_code(ws) == 1012
-        a.wait_exit(5)
+        await asyncio.to_thread(a.wait_exit, 5)
     assert time.monotonic() - started < 5
 
 
@@ -75,5 +78,5 @@ async def test_plain_uvicorn_also_stops_promptly_with_idle_consumers(relay: Rela
         started = time.monotonic()
         a.signal(signal.SIGTERM)
         assert await close_code(ws) == 1012
-        a.wait_exit(5)
+        await asyncio.to_thread(a.wait_exit, 5)
     assert time.monotonic() - started < 5

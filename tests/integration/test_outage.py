@@ -1,4 +1,7 @@
-"""Redis goes away and comes back: no false ack, no hang, no busy loop, consumers carry on."""
+"""Redis goes away and comes back: no false ack, no hang, no busy loop, consumers carry on.
+
+Sockets stay open throughout, so nothing here blocks the event loop: processes are started,
+stopped and polled in threads, HTTP goes through an async client."""
 
 from __future__ import annotations
 
@@ -22,15 +25,21 @@ async def test_redis_restart_is_survived_without_reconnecting(
     redis_server.start()
     a = relay(redis_url=redis_server.url, redis_timeout="1").start()
     b = relay(redis_url=redis_server.url, redis_timeout="1").start()
-    async with consumer(f"{a.ws}/ws/consumer/o") as ws, connect(f"{a.ws}/ws/producer/o") as producer:
+    async with (
+        consumer(f"{a.ws}/ws/consumer/o") as ws,
+        connect(f"{a.ws}/ws/producer/o") as producer,
+        httpx.AsyncClient(timeout=timeout(5)) as http,
+    ):
         before = []
         for n in range(5):
             await producer.send(json.dumps({"before": n}))
             before.append((await recv_json(producer))["id"])
         assert [m["id"] for m in await recv_messages(ws, 5)] == before
 
-        redis_server.stop()
-        wait_until(lambda: a.readyz() == 503, 5, "/readyz to report Redis unavailable")
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.to_thread(
+            wait_until, lambda: a.readyz() == 503, 5, "/readyz to report Redis unavailable"
+        )
 
         # a producer gets an error, not an ack and not a hang
         started = time.monotonic()
@@ -38,7 +47,7 @@ async def test_redis_restart_is_survived_without_reconnecting(
         reply = await recv_json(producer, within=5)
         assert (reply["type"], reply["code"]) == ("error", "unavailable"), reply
         assert time.monotonic() - started < timeout(5)
-        response = httpx.post(f"{a.http}/channels/o/messages", content="1", timeout=timeout(5))
+        response = await http.post(f"{a.http}/channels/o/messages", content="1")
         assert (response.status_code, response.json()["code"]) == (503, "unavailable")
 
         # while Redis is down the instance backs off instead of spinning
@@ -46,15 +55,15 @@ async def test_redis_restart_is_survived_without_reconnecting(
         await asyncio.sleep(3)  # a window to measure CPU over, not a wait for an event
         assert a.cpu_seconds() - cpu < 0.5
 
-        redis_server.start()
-        b.wait_ready(20)
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.to_thread(b.wait_ready, 20)
         # published through the other instance as soon as it can: the consumer on A gets it
         # whether A's Pub/Sub is back yet or not (resync reads the stream after reconnecting)
         async with connect(f"{b.ws}/ws/producer/o") as other:
             await other.send(json.dumps({"after": "b"}))
             from_b = await recv_json(other, within=10)
         assert from_b["type"] == "ack", from_b
-        a.wait_ready(20)
+        await asyncio.to_thread(a.wait_ready, 20)
         after = []
         for n in range(5):
             await producer.send(json.dumps({"after": n}))
