@@ -31,21 +31,15 @@ _MAX_REQUEST_MESSAGES: Final = 512
 
 @dataclass(slots=True)
 class _Item:
-    """One message waiting for Redis, and the future its producer waits on."""
+    """One message waiting for Redis, the future its producer waits on, and, once grouped into a
+    batch's requests, where its result is: ``results[request].ids[offset]``."""
 
     channel: str
     data: str
     key: str | None
     future: asyncio.Future[Receipt]
-
-
-@dataclass(slots=True)
-class _Slot:
-    """Where one item's result is found: ``results[request].ids[offset]``."""
-
-    request: int
-    offset: int
-    future: asyncio.Future[Receipt]
+    request: int = 0
+    offset: int = 0
 
 
 class Publisher:
@@ -107,16 +101,16 @@ class Publisher:
                 self._room.set()
 
     async def _flush(self, batch: list[_Item]) -> None:
-        requests, slots = _group(batch)
+        requests = _group(batch)
         try:
             results = await self._broker.publish(requests)
         except BrokerError as exc:
             self._fail(batch, exc)
             return
         stored = 0
-        for slot in slots:
-            result = results[slot.request]
-            future = slot.future
+        for item in batch:
+            result = results[item.request]
+            future = item.future
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -125,7 +119,7 @@ class Publisher:
             elif result.replayed:
                 future.set_result((result.ids[0], True))
             else:
-                future.set_result((result.ids[slot.offset], False))
+                future.set_result((result.ids[item.offset], False))
                 stored += 1
         metrics.PUBLISHED.inc(stored)
 
@@ -137,19 +131,19 @@ class Publisher:
                 item.future.exception()  # a producer that went away no longer reads it
 
 
-def _group(batch: list[_Item]) -> tuple[list[PublishRequest], list[_Slot]]:
-    """One request per channel run; an idempotent message gets a request of its own."""
+def _group(batch: list[_Item]) -> list[PublishRequest]:
+    """One request per channel run; an idempotent message gets a request of its own. Each item
+    is told where its result will be."""
     requests: list[PublishRequest] = []
     sizes: list[int] = []
     open_request: dict[str, int] = {}
-    slots: list[_Slot] = []
     for item in batch:
         channel, data = item.channel, item.data
         if item.key is not None:
             open_request.pop(channel, None)
             requests.append(PublishRequest(channel, [data], item.key))
             sizes.append(len(data))
-            slots.append(_Slot(len(requests) - 1, 0, item.future))
+            item.request, item.offset = len(requests) - 1, 0
             continue
         index = open_request.get(channel)
         if (
@@ -161,7 +155,7 @@ def _group(batch: list[_Item]) -> tuple[list[PublishRequest], list[_Slot]]:
             sizes.append(0)
             index = open_request[channel] = len(requests) - 1
         request = requests[index]
-        slots.append(_Slot(index, len(request.data), item.future))
+        item.request, item.offset = index, len(request.data)
         request.data.append(data)
         sizes[index] += len(data)
-    return requests, slots
+    return requests

@@ -14,8 +14,8 @@ never blocking) and how it writes (:meth:`write`: it runs in the handler task an
   (``app.server.wire``), a kind that is mostly idle (``reads_on_arrival``) gets that task only
   while frames wait in its inbox, so an idle connection costs one task; a busy kind (producers)
   and every connection without a wire keep one reader loop for the connection's life.
-  :meth:`ready_to_read` may hold the reader back: uvicorn then stops reading the socket, and TCP
-  pushes back on the client;
+  :meth:`reading_held` may hold the reader back (until :meth:`ready_to_read` returns): uvicorn then
+  stops reading the socket, and TCP pushes back on the client;
 - **replies**, in order: :meth:`reply` (a text), :meth:`reply_later` (a future, rendered once it
   is done: a publish's ack), :meth:`refuse` (an error for a bad frame) and :meth:`report` (an
   error that is not the client's doing); :meth:`send_replies` sends those at the head that are
@@ -134,8 +134,12 @@ class Connection(ABC):
     def on_frame(self, message: Message) -> None:
         """Act on one frame from the client (an ASGI ``websocket.receive`` message); never block."""
 
+    def reading_held(self) -> bool:
+        """Whether the next client frame must wait (checked before each one; by default never)."""
+        return False
+
     async def ready_to_read(self) -> None:
-        """Return when the next client frame may be taken; by default at once."""
+        """While ``reading_held``: return once the next client frame may be taken."""
         return
 
     def finish(self) -> None:
@@ -332,7 +336,8 @@ class Connection(ABC):
         assert inbox is not None
         try:
             for _ in range(inbox.qsize()):
-                await self.ready_to_read()
+                if self.reading_held():
+                    await self.ready_to_read()
                 if not self._take(await self.websocket.receive()):  # there already: returns at once
                     return
         finally:
@@ -340,7 +345,9 @@ class Connection(ABC):
 
     async def _read_loop(self) -> None:
         while not self._closing:
-            await self.ready_to_read()
+            if self.reading_held():
+                await self.ready_to_read()
+                continue  # held until closing, perhaps
             if not self._take(await self.websocket.receive()):
                 return
 

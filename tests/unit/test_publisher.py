@@ -18,20 +18,19 @@ def item(channel: str, data: str, key: str | None = None) -> _Item:
 
 async def test_grouping_keeps_channel_order_and_isolates_idempotent_messages() -> None:
     items = [item("a", "1"), item("b", "2"), item("a", "3"), item("a", "4", "key"), item("a", "5")]
-    requests, slots = _group(items)
+    requests = _group(items)
     assert [(r.channel, r.data, r.idempotency_key) for r in requests] == [
         ("a", ["1", "3"], None),
         ("b", ["2"], None),
         ("a", ["4"], "key"),
         ("a", ["5"], None),
     ]
-    assert [(slot.request, slot.offset) for slot in slots] == [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]
-    assert [slot.future for slot in slots] == [i.future for i in items]
+    assert [(i.request, i.offset) for i in items] == [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]
 
 
 async def test_large_runs_are_split() -> None:
     items = [item("a", "x" * 100_000) for _ in range(12)]
-    requests, _ = _group(items)
+    requests = _group(items)
     assert len(requests) > 1
     assert sum(len(r.data) for r in requests) == 12
 

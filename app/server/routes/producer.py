@@ -17,7 +17,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from app import metrics
-from app.errors import BrokerUnavailable, StorageError
+from app.errors import StorageError
 from app.ingest.checks import RateLimit, utf8_length_exceeds
 from app.ingest.publisher import Publisher, Receipt
 from app.protocol import frames
@@ -83,19 +83,18 @@ class ProducerConnection(Connection):
         self._watch_idle()
         await super().run(first_frame)
 
+    def reading_held(self) -> bool:
+        """Read no further while the rate says wait, the window is full, or Redis is behind."""
+        return bool(self._pause) or self.queued_replies >= self._window or self._publisher.full
+
     async def ready_to_read(self) -> None:
-        """Read no further while the window is full, Redis is behind, or the rate says wait."""
-        publisher = self._publisher
-        while not self.closing:
-            if self._pause:
-                pause, self._pause = self._pause, 0.0
-                await asyncio.sleep(pause)
-            elif self.queued_replies >= self._window:
-                await self.wait_for_reply_room(self._window)
-            elif publisher.full:
-                await publisher.wait_for_room()  # all producers together wait for Redis
-            else:
-                return
+        if self._pause:
+            pause, self._pause = self._pause, 0.0
+            await asyncio.sleep(pause)
+        elif self.queued_replies >= self._window:
+            await self.wait_for_reply_room(self._window)
+        elif self._publisher.full:
+            await self._publisher.wait_for_room()  # all producers together wait for Redis
 
     def on_frame(self, message: Message) -> None:
         self._last_frame = self._loop.time()
@@ -123,14 +122,12 @@ class ProducerConnection(Connection):
         self.reply_later(self._publisher.submit(self.channel, text), self._settled)
 
     def _settled(self, receipt: asyncio.Future[Receipt]) -> str:
-        error = BrokerUnavailable("the publish was cancelled") if receipt.cancelled() else receipt.exception()
-        if error is None:
+        try:
             return frames.ack(receipt.result()[0])
-        if isinstance(error, StorageError):
-            return self.error_text(ErrorCode.STORAGE_ERROR, f"not stored: {error}")
-        if not isinstance(error, BrokerUnavailable):
-            error = BrokerUnavailable(str(error))
-        return self.error_text(ErrorCode.UNAVAILABLE, f"not stored: {error}")
+        except StorageError as exc:
+            return self.error_text(ErrorCode.STORAGE_ERROR, f"not stored: {exc}")
+        except (Exception, asyncio.CancelledError) as exc:  # BrokerUnavailable, or the publish cancelled
+            return self.error_text(ErrorCode.UNAVAILABLE, f"not stored: {exc or 'cancelled'}")
 
     async def write(self) -> None:
         """Send every reply, in order; on a close request, only once each frame read has its reply."""
