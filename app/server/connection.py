@@ -238,7 +238,11 @@ class Connection(ABC):
 
     def reply_later(self, future: asyncio.Future[Any], render: Render) -> None:
         """A reply that is known once ``future`` is done; later replies wait behind it."""
-        self._queue((future, render))
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = deque()
+        replies.append((future, render))
+        self.wake.set()
 
     def refuse(self, code: ErrorCode, detail: str) -> None:
         """The client's frame is refused: answer with an error (a flood closes the connection)."""
@@ -344,12 +348,17 @@ class Connection(ABC):
             self._reader = None
 
     async def _read_loop(self) -> None:
+        # names bound once: a busy producer passes here for every frame
+        receive, held, on_frame = self.websocket.receive, self.reading_held, self.on_frame
         while not self._closing:
-            if self.reading_held():
+            if held():
                 await self.ready_to_read()
                 continue  # held until closing, perhaps
-            if not self._take(await self.websocket.receive()):
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self._left(message.get("code"))
                 return
+            on_frame(message)
 
     def _take(self, message: Message) -> bool:
         """Hand one event to the kind; False once the client is gone."""

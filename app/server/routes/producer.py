@@ -54,6 +54,7 @@ class ProducerConnection(Connection):
         "_max_bytes",
         "_pause",
         "_publisher",
+        "_render",
         "_window",
     )
 
@@ -78,6 +79,7 @@ class ProducerConnection(Connection):
         self._loop = asyncio.get_running_loop()
         self._last_frame = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self._render = self._settled  # bound once: one reply per frame
 
     async def run(self, first_frame: str | None = None) -> None:
         self._watch_idle()
@@ -99,7 +101,7 @@ class ProducerConnection(Connection):
     def on_frame(self, message: Message) -> None:
         self._last_frame = self._loop.time()
         text = message.get("text")
-        if self.closing:
+        if self._closing:
             self.report(ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
         elif text is None:
             self.refuse(ErrorCode.BINARY_FRAME, "expected a text frame holding JSON, got binary")
@@ -119,7 +121,7 @@ class ProducerConnection(Connection):
         except orjson.JSONDecodeError as exc:
             self.refuse(ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
             return
-        self.reply_later(self._publisher.submit(self.channel, text), self._settled)
+        self.reply_later(self._publisher.submit(self.channel, text), self._render)
 
     def _settled(self, receipt: asyncio.Future[Receipt]) -> str:
         try:
