@@ -53,7 +53,7 @@ def check_group(name: str) -> str:
 def parse_prefetch(text: str | None, default: int) -> int:
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PREFETCH:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PREFETCH:
         raise InvalidRequest(
             f"invalid prefetch {text[:20]!r}: expected a whole number from 1 to {MAX_PREFETCH}"
         )

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.errors import InvalidChannel, InvalidPosition
+from app.errors import InvalidChannel, InvalidPosition, InvalidRequest
 from app.protocol import frames, names, streamid
 from app.protocol.codes import ErrorCode
 
@@ -84,3 +84,12 @@ def test_frames_are_the_contract_json() -> None:
     assert json.loads(frames.ack("7-1")) == {"type": "ack", "id": "7-1"}
     error = json.loads(frames.error(ErrorCode.INVALID_JSON, 'bad "quote"\n'))
     assert error == {"type": "error", "code": "invalid_json", "detail": 'bad "quote"\n'}
+
+
+# the last three are not ASCII digits: str.isdigit() says yes, and int() takes the last two
+@pytest.mark.parametrize("text", ["0", "1001", "-1", "1.5", "", "ten", "\u00b9", "\u0663", "\uff11"])
+def test_a_prefetch_that_is_not_a_plain_number_in_range_is_refused_as_a_bad_request(text: str) -> None:
+    with pytest.raises(InvalidRequest, match="expected a whole number from 1 to 1000"):
+        names.parse_prefetch(text, 10)
+    assert names.parse_prefetch("1000", 10) == 1000
+    assert names.parse_prefetch(None, 10) == 10

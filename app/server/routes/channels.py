@@ -66,7 +66,7 @@ async def publish(
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
