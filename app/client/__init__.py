@@ -20,8 +20,24 @@ key, so a retried one is stored once. ``relay publish``, ``relay tail`` and ``re
 :mod:`app.protocol`, as any other client would.
 """
 
-from app.client.consumer import Consumer, Gap, Message
+from app.client.consumer import MAX_FRAME, Consumer, Gap, Message
 from app.client.errors import ClientError, NotStored, Unreachable
 from app.client.producer import Producer
+from app.client.urls import http_url, websocket_url
+from app.protocol.codes import RETRY_CLOSES as RETRY_CLOSE_CODES
+from app.protocol.codes import RETRY_STATUSES
 
-__all__ = ["ClientError", "Consumer", "Gap", "Message", "NotStored", "Producer", "Unreachable"]
+__all__ = [
+    "MAX_FRAME",
+    "RETRY_CLOSE_CODES",
+    "RETRY_STATUSES",
+    "ClientError",
+    "Consumer",
+    "Gap",
+    "Message",
+    "NotStored",
+    "Producer",
+    "Unreachable",
+    "http_url",
+    "websocket_url",
+]

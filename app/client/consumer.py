@@ -88,8 +88,9 @@ class Consumer:
         return self._position
 
     async def subscribed(self) -> str | None:
-        """Wait until the consumer follows the channel (its first ``subscribed`` frame): what it
-        publishes from then on reaches it. Returns the position (None for a group member)."""
+        """Wait until the consumer follows the channel (the connection's ``subscribed`` frame came;
+        after a drop, until it came again): what is published from then on reaches it. Returns the
+        position (None for a group member)."""
         await self._subscribed.wait()
         return self._position if self._group is None else None
 
@@ -146,6 +147,7 @@ class Consumer:
                 log.warning("%s; reconnecting", reason)
             finally:
                 self._ws = None
+                self._subscribed.clear()
             if loop.time() - started > 2 * self._max_backoff:
                 self._backoff.reset()  # it had been up a while: start the backoff again from the beginning
             self.reconnects += 1

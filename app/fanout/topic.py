@@ -7,14 +7,12 @@ anything else, holding later announcements in order meanwhile. Its states (``doc
 
 ::
 
-                 started()                   fill done, nothing owed
-    STARTING ──────────────▶ FILLING ────────────────────────────────▶ FOLLOWING
-       │                     ▲   │  ▲                                    │   │
-       │ resync()            │   │  └──────── announcement after a hole ─┘   │
-       ▼          started()  │   │ resync(), too much held                   │ resync()
-    RESYNCING ◀──────────────┼───┘◀──────────────────────────────────────────┘
-       │    the read begins  │
-       └─────────────────────┘               close() from any state: CLOSED
+    STARTING ── started() ─────────▶ FILLING ── read done, nothing owed ──▶ FOLLOWING
+       │                             ▲   │  ▲                                  │   │
+       │                 the read    │   │  └─── an announcement after a hole ──┘   │
+       │ resync()        begins      │   │ resync(), too much held                 │ resync()
+       └──────────────▶ RESYNCING ───┘ ◀─┘ ◀───────────────────────────────────────┘
+                        (started() leaves it RESYNCING)         close(), from any state: CLOSED
 
 - ``STARTING``: following was asked for; the channel's position is not known yet. Announcements
   are held.

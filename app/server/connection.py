@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final
 
 from starlette.types import Message
@@ -53,6 +54,8 @@ from app.wakeup import Wakeup
 Render = Callable[["asyncio.Future[Any]"], str]
 Reply = str | tuple["asyncio.Future[Any]", Render]
 """A reply's text, or a future and how to render it once done (kept in order with the rest)."""
+
+log = logging.getLogger("relay.connections")
 
 FLOOD_REASON: Final = "too many frames that could not be accepted; fix the client"
 TOKEN_EXPIRED_REASON: Final = "token expired: reconnect with a new token"
@@ -99,6 +102,7 @@ class Connection(ABC):
         "_reader",
         "_replies",
         "_room",
+        "_watched",
         "channel",
         "out",
         "wake",
@@ -123,6 +127,7 @@ class Connection(ABC):
         self._room: Wakeup | None = None
         self._flood: FloodGuard | None = None
         self._closing_waiter: asyncio.Future[None] | None = None
+        self._watched: asyncio.Future[Any] | None = None  # the pending first reply the writer waits on
 
     # -- what each kind says ---------------------------------------------------------------------
 
@@ -142,8 +147,12 @@ class Connection(ABC):
         """While ``reading_held``: return once the next client frame may be taken."""
         return
 
+    def opened(self) -> None:
+        """The connection is accepted (start the kind's timers here); by default nothing."""
+        return
+
     def finish(self) -> None:
-        """The connection is over: let go of what the kind holds (timers); by default nothing."""
+        """The connection is over: let go of what ``opened`` started; by default nothing."""
         return
 
     # -- life --------------------------------------------------------------------------------------
@@ -154,9 +163,10 @@ class Connection(ABC):
         await websocket.accept()
         metrics.CONNECTIONS.labels(self.role).inc()
         self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
-        self._start_reading()
         expiry = self._expire_at(self._expires)
         try:
+            self._start_reading()
+            self.opened()
             if first_frame is not None:
                 await self.out.send_texts([first_frame])
             await self.write()
@@ -241,8 +251,9 @@ class Connection(ABC):
         replies = self._replies
         if replies is None:
             replies = self._replies = deque()
+        if not replies:  # else the writer is on its way, or waits for the first reply
+            self.wake.set()
         replies.append((future, render))
-        self.wake.set()
 
     def refuse(self, code: ErrorCode, detail: str) -> None:
         """The client's frame is refused: answer with an error (a flood closes the connection)."""
@@ -280,13 +291,19 @@ class Connection(ABC):
                 self._room = Wakeup()
             await self._room.wait()
 
-    async def settle_first_reply(self) -> None:
-        """Wait until the first queued reply is known (its future is done)."""
+    async def wait_for_first_reply(self) -> None:
+        """Wait until the first queued reply is known (its future is done), or anything else wakes
+        the writer (a closing connection, a client gone): never longer than Redis takes."""
         if self._replies:
             head = self._replies[0]
-            if not isinstance(head, str):
-                with contextlib.suppress(Exception):  # an error is a reply too: its render says it
-                    await head[0]
+            if not isinstance(head, str) and not head[0].done():
+                if self._watched is not head[0]:  # one callback per pending head, not per turn
+                    self._watched = head[0]
+                    head[0].add_done_callback(self._head_done)
+                await self.wake.wait()
+
+    def _head_done(self, future: asyncio.Future[Any]) -> None:
+        self.wake.set()
 
     async def send_replies(self) -> None:
         """Send the replies at the head of the queue that are known, in order, together; stop at
@@ -312,8 +329,9 @@ class Connection(ABC):
     def _queue(self, reply: Reply) -> None:
         if self._replies is None:
             self._replies = deque()
+        if not self._replies:  # else the writer is on its way, or waits for the first reply
+            self.wake.set()
         self._replies.append(reply)
-        self.wake.set()
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -323,16 +341,28 @@ class Connection(ABC):
             self._inbox = inbox = out.inbox
             inbox.listener = self._on_event
             if not inbox.empty():  # it arrived before the listener
-                self._reader = asyncio.create_task(self._take_frames())
+                self._reader = self._reading(self._take_frames())
         else:
-            self._reader = asyncio.create_task(self._read_loop())
+            self._reader = self._reading(self._read_loop())
+
+    def _reading(self, reader: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(reader)
+        task.add_done_callback(self._reader_done)
+        return task
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        """A reader that failed (a bug in ``on_frame``) closes the connection instead of leaving
+        it open, unread."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s %s: reading failed", self.role, self.channel, exc_info=task.exception())
+            self.request_close(Close.INTERNAL, "internal error")
 
     def _on_event(self, message: Message) -> None:
         """The inbox's listener: called as each event arrives."""
         if message["type"] == "websocket.disconnect":
             self._left(message.get("code"))
         elif self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._take_frames())
+            self._reader = self._reading(self._take_frames())
 
     async def _take_frames(self) -> None:
         """Act on the frames in the inbox, then end (uvicorn reads no more until it is empty)."""
@@ -340,7 +370,7 @@ class Connection(ABC):
         assert inbox is not None
         try:
             for _ in range(inbox.qsize()):
-                if self.reading_held():
+                while self.reading_held() and not self._closing:
                     await self.ready_to_read()
                 if not self._take(await self.websocket.receive()):  # there already: returns at once
                     return

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import time
 
 import httpx2 as httpx
@@ -14,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import RelayFactory
-from tests.support import RedisServer, consumer, recv_json, recv_messages, timeout, wait_until
+from tests.support import RedisServer, consumer, eventually, recv_json, recv_messages, timeout, wait_until
 
 pytestmark = [pytest.mark.processes]
 
@@ -74,3 +76,36 @@ async def test_redis_restart_is_survived_without_reconnecting(
         got = await recv_messages(ws, 6, within=20)
         assert [m["id"] for m in got] == [from_b["id"], *after]
         assert [m["data"] for m in got] == [{"after": "b"}] + [{"after": n} for n in range(5)]
+
+
+async def test_a_producer_that_leaves_while_redis_hangs_is_let_go_at_once(
+    relay: RelayFactory, redis_server: RedisServer
+) -> None:
+    """Its publish is still waiting for Redis: the connection ends anyway, and stops counting
+    against RELAY_MAX_CONNECTIONS (and the drain) long before Redis answers or times out."""
+    redis_server.start()
+    a = relay(redis_url=redis_server.url, redis_timeout="5").start()
+
+    async def producers() -> float:
+        async with httpx.AsyncClient(timeout=timeout(5)) as http:
+            text = (await http.get(f"{a.http}/metrics")).text
+        match = re.search(r'^relay_connections\{role="producer"\} (\S+)$', text, re.M)
+        return float(match[1]) if match else 0.0
+
+    async with connect(f"{a.ws}/ws/producer/hang") as producer:
+        await producer.send(json.dumps({"before": 1}))
+        assert (await recv_json(producer))["type"] == "ack"
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)  # Redis hangs: nothing is answered
+        try:
+            await producer.send(json.dumps({"while": "hung"}))
+            await producer.close()  # gone before its reply
+            started = time.monotonic()
+
+            async def let_go() -> bool:
+                return await producers() == 0
+
+            await eventually(let_go, 2, "the producer's connection to end")
+            assert time.monotonic() - started < timeout(2)  # not the 5 s Redis gets to answer
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)

@@ -9,7 +9,7 @@ from typing import Any
 from app.broker.interface import Page
 from app.errors import BrokerUnavailable
 from app.fanout.hub import Hub
-from app.fanout.topic import Topic, TopicState
+from app.fanout.topic import HELD_ENTRIES, Topic, TopicState
 from app.protocol import names, streamid
 from app.protocol.streamid import StreamId
 from app.wakeup import Wakeup
@@ -114,6 +114,7 @@ async def test_a_reconnect_while_a_channel_is_being_followed_is_not_lost() -> No
     await asyncio.wait_for(broker.following.wait(), timeout(5))  # follow() has its position and waits
     missed = broker.add("published while Pub/Sub was down, never announced")
     hub.on_resubscribed()  # Pub/Sub came back while the channel was still being followed
+    assert state(topic_of(hub)) is TopicState.RESYNCING  # owed, though the position is not known yet
     broker.follow_gate.set()
     sub, wake = await asyncio.wait_for(subscribing, timeout(5))
     # whatever position the consumer got, everything after it arrives without another publish
@@ -214,3 +215,24 @@ async def test_a_topic_whose_last_consumer_left_is_closed_and_delivers_nothing()
     topic.on_announcement(streamid.ZERO, [("9-0", '"late"')])
     topic.resync()
     assert (state(topic), topic.last, sub.buffered, broker.reads) == (TopicState.CLOSED, (0, 0), 0, 0)
+
+
+async def test_more_held_than_a_topic_keeps_is_let_go_and_read_again_from_the_stream() -> None:
+    broker = FakeBroker()
+    hub = Hub(broker, buffer=2 * HELD_ENTRIES)
+    sub, wake = await follower(hub)
+    broker.add("never announced")
+    broker.read_gate = asyncio.Event()
+    broker.announce(hub, "after a hole")  # FILLING: the read waits at the gate
+    topic = topic_of(hub)
+    await asyncio.wait_for(broker.reading.wait(), timeout(5))
+    prev = broker.entries[-1][0]
+    start = len(broker.entries)
+    for n in range(HELD_ENTRIES):
+        broker.add(n)
+    hub.on_announcement("c", prev, broker.entries[start:])  # more than a topic holds
+    assert state(topic) is TopicState.RESYNCING
+    broker.read_gate.set()
+    got = await received(sub, wake, 2 + HELD_ENTRIES)
+    assert got == ["never announced", "after a hole", *range(HELD_ENTRIES)]
+    assert state(topic) is TopicState.FOLLOWING

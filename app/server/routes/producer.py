@@ -81,10 +81,6 @@ class ProducerConnection(Connection):
         self._idle: asyncio.TimerHandle | None = None
         self._render = self._settled  # bound once: one reply per frame
 
-    async def run(self, first_frame: str | None = None) -> None:
-        self._watch_idle()
-        await super().run(first_frame)
-
     def reading_held(self) -> bool:
         """Read no further while the rate says wait, the window is full, or Redis is behind."""
         return bool(self._pause) or self.queued_replies >= self._window or self._publisher.full
@@ -129,18 +125,23 @@ class ProducerConnection(Connection):
         except StorageError as exc:
             return self.error_text(ErrorCode.STORAGE_ERROR, f"not stored: {exc}")
         except (Exception, asyncio.CancelledError) as exc:  # BrokerUnavailable, or the publish cancelled
-            return self.error_text(ErrorCode.UNAVAILABLE, f"not stored: {exc or 'cancelled'}")
+            return self.error_text(
+                ErrorCode.UNAVAILABLE, f"not stored: {str(exc) or 'the publish was cancelled'}"
+            )
 
     async def write(self) -> None:
         """Send every reply, in order; on a close request, only once each frame read has its reply."""
         while not self.gone:
             await self.send_replies()
             if self.has_replies:
-                await self.settle_first_reply()
+                await self.wait_for_first_reply()
             elif self.closing:
                 return
             else:
                 await self.wake.wait()
+
+    def opened(self) -> None:
+        self._watch_idle()
 
     def finish(self) -> None:
         if self._idle is not None:
