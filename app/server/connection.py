@@ -47,7 +47,7 @@ from app import metrics
 from app.logs import ConnectionLog, peer_of
 from app.protocol import frames
 from app.protocol.codes import Close, ErrorCode
-from app.server.outlet import outlet_of
+from app.server.outlet import Outlet, outlet_of
 from app.server.wire import Inbox, Wire
 from app.wakeup import Wakeup
 
@@ -112,7 +112,7 @@ class Connection(ABC):
     def __init__(self, websocket: WebSocket, channel: str, *, expires: float | None = None) -> None:
         self.websocket = websocket
         self.channel = channel
-        self.out = outlet_of(websocket)
+        self.out: Outlet = outlet_of(websocket)
         self.wake = Wakeup()  # the writer waits on it: something to send, or closing
         self._expires = expires
         self._client_code: int | None = None
@@ -248,12 +248,7 @@ class Connection(ABC):
 
     def reply_later(self, future: asyncio.Future[Any], render: Render) -> None:
         """A reply that is known once ``future`` is done; later replies wait behind it."""
-        replies = self._replies
-        if replies is None:
-            replies = self._replies = deque()
-        if not replies:  # else the writer is on its way, or waits for the first reply
-            self.wake.set()
-        replies.append((future, render))
+        self._queue((future, render))
 
     def refuse(self, code: ErrorCode, detail: str) -> None:
         """The client's frame is refused: answer with an error (a flood closes the connection)."""
@@ -379,16 +374,13 @@ class Connection(ABC):
 
     async def _read_loop(self) -> None:
         # names bound once: a busy producer passes here for every frame
-        receive, held, on_frame = self.websocket.receive, self.reading_held, self.on_frame
+        receive, held, take = self.websocket.receive, self.reading_held, self._take
         while not self._closing:
             if held():
                 await self.ready_to_read()
                 continue  # held until closing, perhaps
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                self._left(message.get("code"))
+            if not take(await receive()):
                 return
-            on_frame(message)
 
     def _take(self, message: Message) -> bool:
         """Hand one event to the kind; False once the client is gone."""

@@ -13,7 +13,7 @@ from typing import Final, Protocol
 from starlette.websockets import WebSocket
 
 from app.fanout.sink import Frame
-from app.server.wire import Wire, wire_of
+from app.server.wire import wire_of
 
 
 class Outlet(Protocol):
@@ -56,6 +56,6 @@ class AsgiOutlet:
             await self._send({"type": "websocket.send", "text": text})
 
 
-def outlet_of(websocket: WebSocket) -> Wire | AsgiOutlet:
+def outlet_of(websocket: WebSocket) -> Outlet:
     wire = wire_of(websocket)
     return wire if wire is not None else AsgiOutlet(websocket)

@@ -42,15 +42,12 @@ class Wire:
 
     def write(self, frame: Frame) -> bool:
         """Write now if the wire is open; False (nothing written) otherwise. Never waits."""
-        return self.write_bytes(frame.data)
-
-    def write_bytes(self, data: bytes) -> bool:
         if self.open:
             transport = self._protocol.transport
             # a transport can close itself (a reset while sending) before the protocol hears of it
             if not transport.is_closing():
                 try:
-                    transport.write(data)
+                    transport.write(frame.data)
                     return True
                 except RuntimeError:  # uvloop: the handle is already closed
                     pass
