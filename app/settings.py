@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     consumer_buffer: int = Field(default=1000, ge=1, description="Live messages held per consumer.")
     producer_window: int = Field(default=256, ge=1, description="Unanswered frames per producer.")
     idempotency_ttl: int = Field(default=86_400, ge=1, description="Seconds an Idempotency-Key is kept.")
-    drain_grace: float = Field(default=1.0, ge=0, description="Seconds /readyz says 503 before consumers go.")
+    drain_grace: float = Field(
+        default=3.0,
+        ge=0,
+        description="Seconds /readyz says 503 before consumers go: longer than the balancer takes to notice.",
+    )
     drain_timeout: Seconds = Field(default=2.0, description="Seconds connections get to close after that.")
     redis_timeout: Seconds = Field(default=2.0, description="Connect and command timeout towards Redis.")
     group_claim_idle_ms: int = Field(default=30_000, ge=100, description="Idle time before redelivery.")

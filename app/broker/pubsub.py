@@ -5,7 +5,8 @@ UNSUBSCRIBE and a later SUBSCRIBE of the same channel can never swap. After ever
 the supervisor subscribes every followed channel again, waits until Redis confirms (a PING sent
 after the SUBSCRIBEs is answered after them), and only then tells the listener, which reads the
 streams for whatever was announced meanwhile. A PING every few seconds tells a dead connection
-from a quiet one.
+from a quiet one. Reconnecting waits at most half a second between tries: the instance is ready
+(``/readyz``) only while this connection is up, so it comes back within that of Redis answering.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger("relay.broker")
 
 _SUBSCRIBE_CHUNK: Final = 1000
 _PING_INTERVAL: Final = 5.0
+# a try costs one refused or timed-out connect: cheap enough to repeat twice a second, and readiness
+# (hence the balancer's traffic) waits on it after every outage
+_RECONNECT_CAP: Final = 0.5
 
 
 class PubSubSupervisor:
@@ -87,7 +91,7 @@ class PubSubSupervisor:
         self._ops_ready.set()
 
     async def _supervise(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=_RECONNECT_CAP)
         while True:
             sessions = self._sessions
             try:
@@ -99,7 +103,13 @@ class PubSubSupervisor:
             finally:
                 self._reset()
             delay = backoff.failed()
-            log.warning("Pub/Sub connection to Redis lost (%s); retrying in %.2fs", reason, delay)
+            if backoff.failures & (backoff.failures - 1) == 0:  # tries are frequent: log the 1st, 2nd, 4th...
+                log.warning(
+                    "Pub/Sub connection to Redis down (%s); %d failure(s) in a row, next try in %.2fs",
+                    reason,
+                    backoff.failures,
+                    delay,
+                )
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:

@@ -14,6 +14,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from app.settings import Settings
 from tests.conftest import RelayFactory
 from tests.support import close_code, consumer, eventually, publish_all, recv_json, stream_ids, timeout
 
@@ -60,7 +61,11 @@ async def test_sigterm_drains_consumers_and_exits_within_five_seconds(
 
 
 async def test_default_settings_exit_within_five_seconds_with_idle_consumers(relay: RelayFactory) -> None:
-    a = relay(drain_grace="1.0", drain_timeout="2.0").start()
+    fields = Settings.model_fields  # the defaults themselves (the test fixture sets a grace of 0)
+    a = relay(
+        drain_grace=str(fields["drain_grace"].default), drain_timeout=str(fields["drain_timeout"].default)
+    )
+    a.start()
     async with consumer(f"{a.ws}/ws/consumer/x") as ws, consumer(f"{a.ws}/ws/consumer/y?from=0"):
         started = time.monotonic()
         a.signal(signal.SIGTERM)

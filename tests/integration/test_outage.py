@@ -57,15 +57,23 @@ async def test_redis_restart_is_survived_without_reconnecting(
         await asyncio.sleep(3)  # a window to measure CPU over, not a wait for an event
         assert a.cpu_seconds() - cpu < 0.5
 
+        # Redis answers again (start() returns once it answers PING): both instances are ready
+        # within a second, however long their Pub/Sub reconnect had been backing off
         await asyncio.to_thread(redis_server.start)
-        await asyncio.to_thread(b.wait_ready, 20)
-        # published through the other instance as soon as it can: the consumer on A gets it
-        # whether A's Pub/Sub is back yet or not (resync reads the stream after reconnecting)
+        answered = time.monotonic()
+
+        async def both_ready() -> bool:
+            codes = [(await http.get(f"{i.http}/readyz")).status_code for i in (a, b)]
+            return codes == [200, 200]
+
+        await eventually(both_ready, 1, "/readyz to be 200 on both instances")
+        assert time.monotonic() - answered < timeout(1)
+        # published through the other instance: the consumer on A, followed on since before the
+        # outage, gets it
         async with connect(f"{b.ws}/ws/producer/o") as other:
             await other.send(json.dumps({"after": "b"}))
             from_b = await recv_json(other, within=10)
         assert from_b["type"] == "ack", from_b
-        await asyncio.to_thread(a.wait_ready, 20)
         after = []
         for n in range(5):
             await producer.send(json.dumps({"after": n}))
