@@ -28,6 +28,16 @@ DRAINING = Gauge("relay_draining", "1 while the instance drains before stopping.
 REFUSED_FULL = Counter(
     "relay_connections_refused_full_total", "Handshakes refused: RELAY_MAX_CONNECTIONS reached."
 )
+HTTP_REFUSED = Counter(
+    "relay_http_refused_total",
+    "Requests and handshakes refused before the application: heads too large or too slow.",
+    ["code"],
+)
+RESETS = Counter(
+    "relay_connections_reset_total",
+    "WebSocket connections dropped unflushed: the client stopped reading or answering.",
+    ["reason"],
+)
 IDLE_CLOSES = Counter("relay_idle_closes_total", "Producers closed after RELAY_PRODUCER_IDLE_TIMEOUT.")
 RATE_LIMITED = Counter("relay_rate_limited_total", "Producer frames refused over RELAY_PUBLISH_RATE.")
 ACKED = Counter("relay_messages_acked_total", "Group messages acknowledged by members (recorded in Redis).")

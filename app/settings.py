@@ -72,6 +72,27 @@ class Settings(BaseSettings):
         default="wire",
         description="WebSocket implementation: wire (frames written straight to sockets) or uvicorn's own.",
     )
+    ws_ping_interval: Seconds = Field(
+        default=20.0, description="Seconds between the relay's WebSocket pings to each client."
+    )
+    ws_ping_timeout: Seconds = Field(
+        default=20.0,
+        description="Seconds a client has to answer a ping, or to answer the relay's close: else it is reset.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=4096,
+        le=1024 * 1024,
+        description="Request header fields per request or handshake; over it: 431.",
+    )
+    handshake_timeout: Seconds = Field(
+        default=5.0, description="Seconds a client has to send a whole request head; else 408 and closed."
+    )
+    send_buffer_bytes: int = Field(
+        default=128 * 1024,
+        ge=0,
+        description="Kernel send buffer per connection (SO_SNDBUF; Linux doubles it); 0: the kernel's own.",
+    )
     loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto", description="Event loop (auto: uvloop)."
     )

@@ -7,7 +7,9 @@ code    name             meaning; what a client does
 ======  ===============  ===================================================================
 1000    NORMAL           closed on purpose (an idle producer); connect again when needed
 1001    GOING_AWAY       the instance stops: reconnect (elsewhere) and resume
+1002    PROTOCOL_ERROR   the client broke RFC 6455 (a bad frame); fix the client
 1006    ABNORMAL         never sent, only seen: the connection broke; reconnect and resume
+1007    INVALID_DATA     a text frame that is not UTF-8; fix the client
 1008    POLICY           refused: a bad channel, position or token, a flood; fix the client
 1009    TOO_BIG          a frame over ``RELAY_MAX_MESSAGE_BYTES``; fix the client
 1011    INTERNAL         the relay failed, or the keepalive timed out; reconnect and resume
@@ -33,7 +35,9 @@ class Close(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     ABNORMAL = 1006
+    INVALID_DATA = 1007
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -59,6 +63,9 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"  # no valid token (HTTP 401)
     FORBIDDEN = "forbidden"  # the token does not cover the channel, or the origin is not allowed (403)
     UNKNOWN_ID = "unknown_id"  # a group member acked an id it does not hold
+    URI_TOO_LONG = "uri_too_long"  # HTTP 414: the request target is over 8,192 bytes
+    HEADERS_TOO_LARGE = "headers_too_large"  # HTTP 431: over RELAY_MAX_HEADER_BYTES or 256 fields
+    REQUEST_TIMEOUT = "request_timeout"  # HTTP 408: no complete request head in RELAY_HANDSHAKE_TIMEOUT
 
 
 RETRY_CLOSES: Final = frozenset(

@@ -48,6 +48,7 @@ from app.logs import ConnectionLog, peer_of
 from app.protocol import frames
 from app.protocol.codes import Close, ErrorCode
 from app.server.outlet import Outlet, outlet_of
+from app.server.websocket import CLOSED_BY_RELAY
 from app.server.wire import Inbox, Wire
 from app.wakeup import Wakeup
 
@@ -218,9 +219,14 @@ class Connection(ABC):
         if self._room is not None:
             self._room.set()
 
-    def _left(self, code: int | None) -> None:
-        """The client is gone: stop writing, send no close frame."""
-        self._client_code = code
+    def _left(self, message: Message) -> None:
+        """The client is gone, or the protocol closed it itself: stop writing, send no close frame."""
+        if self._gone:
+            return
+        if message.get(CLOSED_BY_RELAY) and self._close is None:
+            self._close = (message.get("code", Close.ABNORMAL), message.get("reason", ""))
+        else:
+            self._client_code = message.get("code")
         self._gone = True
         self._stop()
 
@@ -355,7 +361,7 @@ class Connection(ABC):
     def _on_event(self, message: Message) -> None:
         """The inbox's listener: called as each event arrives."""
         if message["type"] == "websocket.disconnect":
-            self._left(message.get("code"))
+            self._left(message)
         elif self._reader is None:
             self._reader = self._reading(self._take_frames())
 
@@ -385,7 +391,7 @@ class Connection(ABC):
     def _take(self, message: Message) -> bool:
         """Hand one event to the kind; False once the client is gone."""
         if message["type"] == "websocket.disconnect":
-            self._left(message.get("code"))
+            self._left(message)
             return False
         self.on_frame(message)
         return True

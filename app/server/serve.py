@@ -13,11 +13,16 @@ from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
 from app.server.app import create_app
+from app.server.http import HttpProtocol, lift_websocket_limits
 from app.server.lifecycle import Relay
+from app.server.websocket import WebSocketProtocol
 from app.server.wire import WireProtocol
 from app.settings import Settings
 
 log = logging.getLogger("relay")
+
+WS_PROTOCOLS: dict[str, Any] = {"wire": WireProtocol, "websockets-sansio": WebSocketProtocol}
+"""``RELAY_WS`` values served by the relay's own protocol classes; others are uvicorn's names."""
 
 
 class RelayServer(uvicorn.Server):
@@ -53,14 +58,19 @@ def serve(settings: Settings) -> None:
         log_config=uvicorn_log_config(
             "debug" if settings.log_level == "trace" else settings.log_level, settings.log_format
         ),
-        ws=WireProtocol if settings.ws == "wire" else settings.ws,
+        http=HttpProtocol.configured(settings),
+        ws=WS_PROTOCOLS.get(settings.ws, settings.ws),
         loop=settings.loop,
         ws_max_size=max(4 * settings.max_message_bytes, 1024 * 1024),
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
         access_log=False,
         lifespan="on",
     )
+    config.load()  # imports the WebSocket library that RELAY_WS names, whose limits follow the relay's
+    lift_websocket_limits(settings)
     RelayServer(config, app).run()
 
 

@@ -3,8 +3,8 @@
 Through ASGI, every delivery is a ``websocket.send`` message that Starlette and uvicorn turn into
 a frame for that one socket. A message fanned out to many consumers is the same frame for all of
 them, built once (:class:`app.fanout.sink.Frame`), so the relay writes its bytes to each
-transport. ``relay serve`` runs uvicorn with :class:`WireProtocol`, its ``websockets-sansio``
-implementation plus an ASGI scope extension, ``relay.wire``, holding the connection's
+transport. ``relay serve`` runs uvicorn with :class:`WireProtocol`, the relay's ``websockets-sansio``
+protocol (:mod:`app.server.websocket`) plus an ASGI scope extension, ``relay.wire``, holding the connection's
 :class:`Wire`. Where the extension is missing (another server, Starlette's test client),
 :func:`wire_of` returns None and everything goes through ASGI (:mod:`app.server.outlet`).
 
@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.fanout.sink import Frame, encode
 from app.protocol.codes import Close
+from app.server.websocket import WebSocketProtocol
 from app.wakeup import Wakeup
 
 EXTENSION: Final = "relay.wire"
@@ -130,8 +130,8 @@ def _tracked(name: str) -> Any:
     return property(get, set_)
 
 
-class WireProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol, offering a :class:`Wire` to the application.
+class WireProtocol(WebSocketProtocol):
+    """The relay's ``websockets-sansio`` protocol (:mod:`app.server.websocket`), offering a :class:`Wire` to the application.
 
     The wire's ``open`` flag follows the protocol's own state: the handshake, a close frame sent
     (``close_sent`` is set in several places upstream, hence the tracked attributes), the client

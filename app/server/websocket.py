@@ -1,0 +1,129 @@
+"""The edges of a WebSocket connection: handshakes refused, peers that stop reading, bad frames.
+
+:class:`WebSocketProtocol` is uvicorn's ``websockets-sansio`` protocol (``RELAY_WS=websockets-sansio``,
+and the base of the wire, :mod:`app.server.wire`) with these changes:
+
+- **A handshake the WebSocket parser refuses gets an answer.** Upstream, a request that
+  websockets could not parse was held open with no reply; it now gets websockets' own reply
+  (414, 431) or a 400, and is closed. (Heads over the relay's limits never reach it:
+  :mod:`app.server.http` refuses them first.)
+- **A peer that stops reading is dropped, and its socket released.** A keepalive ping left
+  unanswered for ``RELAY_WS_PING_TIMEOUT``, or a close the relay started and the peer did not
+  complete within as long, ends in a reset: the transport is aborted with ``SO_LINGER`` 0, so
+  neither the relay's buffer nor the kernel's send queue waits for a reader that never comes.
+  Upstream closed the transport gracefully, which waits for the unsent data to drain: forever.
+- **A frame that breaks the protocol is one line in the log, said by the relay.** Invalid UTF-8
+  in a text frame closes with 1007 and no traceback; that close, the parser's own (1002, 1009)
+  and the keepalive's (1011) reach the application as a ``websocket.disconnect`` carrying
+  :data:`CLOSED_BY_RELAY`, so that its connection line says who closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from app import metrics
+from app.protocol.codes import Close, ErrorCode
+from app.protocol.frames import error_body
+from app.server.http import reset
+
+CLOSED_BY_RELAY: Final = "relay.closed_by_relay"
+"""Key of a ``websocket.disconnect`` event that the relay's own close caused (value True)."""
+
+_BAD_HANDSHAKE: Final = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n"
+)
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol with the edges above handled."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            self._answer_bad_handshake()
+
+    def send_receive_event_to_app(self) -> None:
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past the application's close: dropped, while the close reply is awaited
+        if self.curr_msg_data_type == "text":
+            try:
+                event: dict[str, Any] = {"type": "websocket.receive", "text": data.decode()}
+            except UnicodeDecodeError:
+                self._fail(Close.INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+        else:
+            event = {"type": "websocket.receive", "bytes": data}
+        self.queue.put_nowait(event)  # type: ignore[arg-type]
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def handle_parser_exception(self) -> None:
+        """websockets refused a frame (too big, a protocol error) and queued its close frame."""
+        sent = self.conn.close_sent
+        code, reason = (sent.code, sent.reason) if sent is not None else (Close.PROTOCOL_ERROR, "")
+        self._closed_by_relay(code, reason)
+
+    def keepalive_timeout(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait(_disconnect(Close.INTERNAL, "keepalive ping timeout"))  # type: ignore[arg-type]
+        super().keepalive_timeout()
+        self._drop("keepalive")  # the peer answers nothing: what is queued for it will never be read
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # upstream closes the transport gracefully when the peer does not answer the close
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        if not self.disconnected and self.close_timer is None:
+            self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.conn.fail(code, reason)
+        self._closed_by_relay(code, reason)
+
+    def _closed_by_relay(self, code: int, reason: str) -> None:
+        self.queue.put_nowait(_disconnect(code, reason))  # type: ignore[arg-type]
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+        self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+
+    def _answer_bad_handshake(self) -> None:
+        if self.transport.is_closing():
+            return
+        prepared = b"".join(self.conn.data_to_send())  # websockets' own 414 or 431, if it made one
+        if not prepared:
+            body = error_body(
+                ErrorCode.INVALID_REQUEST, f"invalid WebSocket handshake: {self.conn.handshake_exc}"
+            )
+            prepared = _BAD_HANDSHAKE % len(body) + body
+        self.transport.write(prepared)
+        self.transport.close()
+
+    def _bound(self) -> float:
+        return self.ping_timeout if self.ping_timeout else self.close_timeout
+
+    def _drop(self, reason: str) -> None:
+        self.close_timer = None
+        if not self.disconnected:
+            metrics.RESETS.labels(reason).inc()
+            reset(self.transport)
+
+
+def _disconnect(code: int, reason: str) -> dict[str, Any]:
+    return {"type": "websocket.disconnect", "code": code, "reason": reason, CLOSED_BY_RELAY: True}
