@@ -5,6 +5,13 @@ reconnects with capped, jittered backoff and resumes after the last message it y
 caller sees every message once, in order; ``Gap`` events are passed on, never swallowed. With
 ``group=`` it is a work-queue member and acknowledges each message when the caller asks for the
 next one (or explicitly with :meth:`Consumer.ack`).
+
+A relay that stops answering without closing (a hung process, a cut network) is given up on
+within ``keepalive`` seconds of the consumer waiting on it: after half of that with no frame the
+consumer pings, gives the relay a third of it to answer (any frame counts, not only the pong),
+and a sixth to close; then it reconnects as after any drop. Only a consumer that waits pings: one
+whose messages keep coming sends nothing, and one whose caller is busy is not given up on for the
+frames it has not asked for yet.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 
 from app.backoff import Backoff
 from app.client.errors import ClientError, Unreachable, refusal_of
@@ -27,6 +40,8 @@ from app.client.urls import websocket_url
 from app.protocol.codes import NOT_FATAL, RETRY_CLOSES, RETRY_STATUSES, Close
 
 MAX_FRAME: Final = 32 * 1024 * 1024  # above any RELAY_MAX_MESSAGE_BYTES
+KEEPALIVE: Final = 6.0
+"""Seconds within which a consumer gives up on a relay that sends nothing (the default)."""
 
 log = logging.getLogger("relay.client")
 
@@ -37,6 +52,10 @@ class Message:
     channel: str
     data: Any
     delivery: int = 1
+
+
+class Silent(TimeoutError):
+    """The relay sent nothing, not even a pong, for the consumer's ``keepalive``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +70,11 @@ class Consumer:
     """Iterate over a channel's messages (and gaps); reconnects and resumes by itself.
 
     ``give_up_after``: raise :class:`Unreachable` when no connection has succeeded for this many
-    seconds (None: keep trying for ever). In group mode a message is acknowledged when the caller
-    asks for the next one, or earlier with :meth:`ack`; one the caller never came back for is
-    delivered again (to some member) after the relay's claim idle time.
+    seconds (None: keep trying for ever). ``keepalive``: give up on a connection, and reconnect,
+    when the relay has sent nothing (no frame, no pong) for this many seconds while the consumer
+    waited (None: never; the module's docstring says how it pings). In group mode a message is
+    acknowledged when the caller asks for the next one, or earlier with :meth:`ack`; one the caller
+    never came back for is delivered again (to some member) after the relay's claim idle time.
     """
 
     def __init__(
@@ -66,8 +87,11 @@ class Consumer:
         prefetch: int | None = None,
         max_backoff: float = 5.0,
         give_up_after: float | None = None,
+        keepalive: float | None = KEEPALIVE,
         token: str | None = None,
     ) -> None:
+        if keepalive is not None and not keepalive > 0:
+            raise ValueError(f"expected keepalive > 0 seconds or None, got {keepalive!r}")
         self._base = websocket_url(url.rstrip("/"))
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.channel = channel
@@ -77,6 +101,7 @@ class Consumer:
         self._max_backoff = max_backoff
         self._backoff = Backoff(cap=max_backoff)
         self._give_up_after = give_up_after
+        self.keepalive = keepalive
         self._ws: ClientConnection | None = None
         self._unacked: str | None = None
         self._subscribed = asyncio.Event()
@@ -123,7 +148,8 @@ class Consumer:
                 async with connect(
                     self._url(),
                     open_timeout=10,
-                    ping_interval=20,
+                    ping_interval=None,  # pings only while waiting: self._recv
+                    close_timeout=self.keepalive / 6 if self.keepalive is not None else 10,
                     max_size=MAX_FRAME,
                     additional_headers=self._headers,
                 ) as ws:
@@ -141,7 +167,7 @@ class Consumer:
                 InvalidURI,
                 InvalidHandshake,
                 OSError,
-                TimeoutError,
+                TimeoutError,  # Silent included
             ) as exc:
                 reason = _retryable(exc)
                 log.warning("%s; reconnecting", reason)
@@ -155,8 +181,30 @@ class Consumer:
                 raise Unreachable(f"no connection to {self._base} for {self._give_up_after:g}s ({reason})")
             await self._backoff.wait()
 
+    async def _recv(self, ws: ClientConnection) -> str | bytes:
+        """The next frame; raises :class:`Silent` when the relay sends nothing for ``keepalive``."""
+        if self.keepalive is None:
+            return await ws.recv()
+        while True:
+            try:
+                async with asyncio.timeout(self.keepalive / 2):
+                    return await ws.recv()  # cancelling recv() loses nothing
+            except TimeoutError:
+                pass
+            pong = asyncio.ensure_future(await ws.ping())  # a future already: typed as one
+            frame = asyncio.ensure_future(ws.recv())
+            await asyncio.wait((frame, pong), timeout=self.keepalive / 3, return_when=asyncio.FIRST_COMPLETED)
+            if frame.done():
+                return frame.result()
+            frame.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await frame
+            if not pong.done():
+                raise Silent(f"the relay sent nothing for {self.keepalive * 5 / 6:g}s, not even a pong")
+            pong.result()  # ConnectionClosed if it closed meanwhile
+
     async def _await_subscribed(self, ws: ClientConnection) -> None:
-        first = json.loads(await ws.recv())
+        first = json.loads(await self._recv(ws))
         if first.get("type") != "subscribed":
             raise ClientError(f"expected a subscribed frame, got {first}")
         if self._group is None and self._position is None:
@@ -164,7 +212,11 @@ class Consumer:
         self._subscribed.set()
 
     async def _events(self, ws: ClientConnection) -> AsyncIterator[Message | Gap]:
-        async for raw in ws:
+        while True:
+            try:
+                raw = await self._recv(ws)
+            except ConnectionClosedOK:  # 1000 or 1001: the relay is done with this connection
+                return
             frame = json.loads(raw)
             kind = frame.get("type")
             if kind == "message":
@@ -197,4 +249,6 @@ def _retryable(exc: Exception) -> str:
         raise ClientError(f"the relay closed the connection: {code} {reason}") from exc
     if isinstance(exc, InvalidURI):
         raise ClientError(str(exc)) from exc
+    if isinstance(exc, Silent):
+        return str(exc)
     return f"cannot connect ({type(exc).__name__}: {exc})"  # gone, unreachable, or cut mid-handshake
