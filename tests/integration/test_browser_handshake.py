@@ -1,5 +1,6 @@
 """A real browser's handshake: headless Chromium (Debian's ``chromium`` and ``chromium-driver``)
-carrying the cookie jar of a real site connects; one carrying far more gets an error at once.
+carrying the cookie jar of a real site connects; one carrying far more gets an error at once;
+directly and through the project's HAProxy config.
 
 The page comes from a server of the test's own on another port of 127.0.0.1: another origin, but
 the same host, so the cookies it sets go with the WebSocket handshake to the relay.
@@ -7,16 +8,19 @@ the same host, so the cookies it sets go with the WebSocket handshake to the rel
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium import webdriver
 
 from tests.conftest import RelayFactory
+from tests.integration.test_balancer import balanced
 from tests.support import free_port, timeout
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes, pytest.mark.browser]
@@ -96,12 +100,20 @@ def open_socket(browser: Any, page_url: str, url: str, cookies: int) -> dict[str
     return result
 
 
+@pytest.mark.parametrize("through", ["direct", "balancer"])
 def test_chromium_with_a_big_cookie_jar_connects_and_with_a_huge_one_fails_at_once(
-    relay: RelayFactory, browser: Any, page_url: str
+    relay: RelayFactory, browser: Any, page_url: str, tmp_path: Path, through: str
 ) -> None:
-    instance = relay().start()
-    url = f"{instance.ws}/ws/consumer/browser"
+    with contextlib.ExitStack() as stack:
+        if through == "direct":
+            base = relay().start().ws
+        else:  # the project's HAProxy config in front of three instances
+            _, lb = stack.enter_context(balanced(relay, tmp_path, drain_grace="0"))
+            base = lb.url.replace("http://", "ws://")
+        check_cookie_jars(browser, page_url, f"{base}/ws/consumer/browser")
 
+
+def check_cookie_jars(browser: Any, page_url: str, url: str) -> None:
     for _ in range(2):  # and back again: the refusal leaves nothing behind
         nine_kb = open_socket(browser, page_url, url, cookies=3)
         assert 9_000 < nine_kb["cookieBytes"] < 9_500
