@@ -11,14 +11,24 @@
 ==================  ========================================================================
 
 Channel names, group names and ids are checked before they get here and hold nothing JSON would
-escape, so the frames are put together as text; ``data`` is JSON text validated on the way in.
+escape, so the frames are put together as text; ``data`` is JSON text validated on the way in,
+nested at most :data:`MAX_DEPTH` deep.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import orjson
 
 from app.protocol.codes import ErrorCode
+
+MAX_DEPTH: Final = 128
+"""How deep a message's arrays and objects may nest (``1`` is 0 deep, ``[[1]]`` 2); the relay
+refuses deeper ones with ``invalid_json``. A frame puts ``data`` one level deeper, a history page
+three (page, ``messages``, message): what the relay sends nests at most 131 deep, which every
+common JSON parser reads (Python's own ``json`` included, whose limit is the recursion limit) and
+orjson can write back (254)."""
 
 
 def subscribed(channel: str, position: str) -> str:

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
+from app.protocol.frames import MAX_DEPTH
 from app.server.app import create_app
 from app.settings import Settings
 from tests.support import timeout
 
 
-@pytest.fixture
-def client() -> Iterator[TestClient]:
-    settings = Settings(_env_file=None, redis_url=None, max_message_bytes=256, stream_maxlen=50)  # type: ignore[call-arg]
+@contextlib.contextmanager
+def serving(**overrides: Any) -> Iterator[TestClient]:
+    """The app on the embedded Redis, ready (test settings, with ``overrides``)."""
+    values: dict[str, Any] = {"max_message_bytes": 256, "stream_maxlen": 50, **overrides}
+    settings = Settings(_env_file=None, redis_url=None, **values)  # type: ignore[call-arg]
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + timeout(5)
         while client.get("/readyz").status_code != 200:  # Pub/Sub connects in the background
             assert time.monotonic() < deadline, client.get("/readyz").json()
             time.sleep(0.01)
+        yield client
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with serving() as client:
         yield client
 
 
@@ -201,3 +212,27 @@ def test_latency_and_group_metrics_move(client: TestClient) -> None:
     assert metric(client, "relay_fanout_latency_seconds_count") >= fanouts + 1
     assert metric(client, "relay_redis_command_seconds_count", operation="publish") >= publishes + 2
     assert metric(client, "relay_messages_acked_total") == acked + 1
+
+
+# -- the edges of a connection: nesting, floods, paths, empty parameters ------------------------
+
+
+def test_a_message_nested_at_the_limit_goes_through_and_one_level_more_is_refused() -> None:
+    deepest = "[" * MAX_DEPTH + '"x"' + "]" * MAX_DEPTH
+    too_deep = "[" + deepest + "]"
+    with serving(max_message_bytes=1024) as client, client.websocket_connect("/ws/consumer/deep") as consumer:
+        consumer.receive_json()
+        with client.websocket_connect("/ws/producer/deep") as producer:
+            producer.send_text(too_deep)
+            refused = producer.receive_json()
+            producer.send_text(deepest)
+            ack = producer.receive_json()
+        posted = client.post("/channels/deep/messages", content=too_deep)
+        # frames are read with Python's own json, as app.client reads them
+        assert consumer.receive_json()["data"] == json.loads(deepest)
+        page = client.get("/channels/deep/messages").json()  # the deepest body the relay sends: data + 3
+    assert [(m["id"], m["data"]) for m in page["messages"]] == [(ack["id"], json.loads(deepest))]
+    assert (refused["type"], refused["code"]) == ("error", "invalid_json")
+    assert f"at most {MAX_DEPTH} deep" in refused["detail"]
+    assert (posted.status_code, posted.json()["code"]) == (400, "invalid_json")
+    assert f"at most {MAX_DEPTH} deep" in posted.json()["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx2 as httpx
@@ -10,6 +11,8 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.client import Consumer, Message
+from app.protocol.frames import MAX_DEPTH
 from tests.conftest import RelayFactory
 from tests.support import (
     Instance,
@@ -102,6 +105,29 @@ async def test_bad_channel_names_and_positions_are_refused_before_the_upgrade(
     assert body["detail"]
 
 
+async def test_nesting_deeper_than_the_limit_is_refused_and_the_client_reads_the_deepest(
+    instance: Instance,
+) -> None:
+    deepest = [[{"a": "x"}]]
+    for _ in range(MAX_DEPTH - 3):
+        deepest = [deepest]
+    async with connect(f"{instance.ws}/ws/producer/deep") as ws:
+        for value in ([deepest], deepest, "[" * 500 + "]" * 500):
+            await ws.send(value if isinstance(value, str) else json.dumps(value))
+        replies = [await recv_json(ws) for _ in range(3)]
+    assert [r.get("code", r["type"]) for r in replies] == ["invalid_json", "ack", "invalid_json"]
+    assert all(f"at most {MAX_DEPTH} deep" in r["detail"] for r in replies[::2])
+
+    async def first() -> Message:
+        async for event in Consumer(instance.http, "deep", from_="0", give_up_after=5):
+            assert isinstance(event, Message)
+            return event
+        raise AssertionError("the consumer ended")
+
+    message = await asyncio.wait_for(first(), timeout(10))  # app.client parses it
+    assert (message.id, message.data) == (replies[1]["id"], deepest)
+
+
 async def test_a_consumer_that_talks_gets_errors_and_still_receives(instance: Instance) -> None:
     async with consumer(f"{instance.ws}/ws/consumer/chatty") as ws:
         await ws.send("hello?")
@@ -131,6 +157,7 @@ def test_http_publish_errors(instance: Instance, redis_client: redis.Redis, pref
             ),
             (http.get("/channels/c/messages?from=nope"), 400, "invalid_id"),
             (http.get("/channels/c/messages?limit=0"), 400, "invalid_request"),
+            (http.post("/channels/c/messages", content="[" * 129 + "]" * 129), 400, "invalid_json"),
             (http.get("/channels/never-written/messages"), 404, "unknown_channel"),
         ]
         for response, status, code in cases:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from app.errors import BrokerError, BrokerUnavailable, ProtocolError
-from app.ingest.checks import IDEMPOTENCY_KEY_RULE, valid_idempotency_key
+from app.ingest.checks import IDEMPOTENCY_KEY_RULE, json_refusal, valid_idempotency_key
 from app.protocol import frames, names
 from app.protocol.codes import ErrorCode
 from app.server.auth import AuthError
@@ -46,11 +46,9 @@ async def publish(
     body = await _read_body(request, limit)
     if body is None:
         return error_response(413, ErrorCode.TOO_LARGE, f"body over RELAY_MAX_MESSAGE_BYTES ({limit})")
-    try:
-        orjson.loads(body)
-        text = body.decode()
-    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error_response(400, ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
+    text = _message_text(body)
+    if isinstance(text, Response):
+        return text
     try:
         entry_id, replayed = await relay.publisher.submit(channel, text, idempotency_key)
     except BrokerUnavailable as exc:
@@ -61,6 +59,18 @@ async def publish(
     return Response(
         orjson.dumps({"id": entry_id}), status_code=201, media_type="application/json", headers=headers
     )
+
+
+def _message_text(body: bytes) -> str | Response:
+    """The body as a message's JSON text, or the 400 that refuses it."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        return error_response(
+            400, ErrorCode.INVALID_JSON, f"expected UTF-8 text holding one JSON value: {exc}"
+        )
+    refusal = json_refusal(text)
+    return text if refusal is None else error_response(400, ErrorCode.INVALID_JSON, refusal)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

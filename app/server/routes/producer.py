@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from app import metrics
 from app.errors import StorageError
-from app.ingest.checks import RateLimit, utf8_length_exceeds
+from app.ingest.checks import RateLimit, json_refusal, utf8_length_exceeds
 from app.ingest.publisher import Publisher, Receipt
 from app.protocol import frames
 from app.protocol.codes import Close, ErrorCode
@@ -112,10 +111,9 @@ class ProducerConnection(Connection):
             self._publish(text)
 
     def _publish(self, text: str) -> None:
-        try:
-            orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            self.refuse(ErrorCode.INVALID_JSON, f"expected one JSON value: {exc}")
+        refusal = json_refusal(text)
+        if refusal is not None:
+            self.refuse(ErrorCode.INVALID_JSON, refusal)
             return
         self.reply_later(self._publisher.submit(self.channel, text), self._render)
 
