@@ -20,8 +20,7 @@ never blocking) and how it writes (:meth:`write`: it runs in the handler task an
   is done: a publish's ack), :meth:`refuse` (an error for a bad frame) and :meth:`report` (an
   error that is not the client's doing); :meth:`send_replies` sends those at the head that are
   ready, together, in one write on a wire;
-- **the flood rule**, for kinds that count bad frames: more than 32 refused within 10 s close the
-  connection with 1008;
+- **the flood rule**: more than 32 frames refused within 10 s close the connection with 1008;
 - **token expiry**: 4401 when the token's ``exp`` passes;
 - **closing**: :meth:`request_close` (drain, expiry, flood, a frame too big) lets ``write`` wind
   down, then sends the close frame; a client that leaves stops everything at once, and no close
@@ -87,8 +86,6 @@ class Connection(ABC):
     """The label of ``relay_connections`` and of the log lines: producer, consumer, member."""
     reads_on_arrival: ClassVar[bool] = True
     """Take frames with a task made when they arrive (idle kinds), not with a lifelong loop."""
-    counts_bad_frames: ClassVar[bool] = True
-    """Refused frames count toward the flood rule (producers get one reply per frame instead)."""
 
     __slots__ = (
         "_client_code",
@@ -258,16 +255,16 @@ class Connection(ABC):
 
     def refuse(self, code: ErrorCode, detail: str) -> None:
         """The client's frame is refused: answer with an error (a flood closes the connection)."""
-        if self.counts_bad_frames:
-            if self._flood is None:
-                self._flood = FloodGuard()
-            if self._flood.flooding():
-                self.request_close(Close.POLICY, FLOOD_REASON)
-                return
+        if self._flood is None:
+            self._flood = FloodGuard()
+        if self._flood.flooding():
+            self.request_close(Close.POLICY, FLOOD_REASON)
+            return
         self.reply(self.error_text(code, detail))
 
     def report(self, code: ErrorCode, detail: str) -> None:
-        """Tell the client of an error that is not its doing (not counted as a bad frame)."""
+        """Tell the client of an error that is no bad frame (not its doing, or answered otherwise:
+        a rate limit); not counted by the flood rule."""
         self.reply(self.error_text(code, detail))
 
     def error_text(self, code: ErrorCode, detail: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
 
 from app.protocol.frames import MAX_DEPTH
 from app.server.app import create_app
@@ -236,3 +237,39 @@ def test_a_message_nested_at_the_limit_goes_through_and_one_level_more_is_refuse
     assert f"at most {MAX_DEPTH} deep" in refused["detail"]
     assert (posted.status_code, posted.json()["code"]) == (400, "invalid_json")
     assert f"at most {MAX_DEPTH} deep" in posted.json()["detail"]
+
+
+def test_a_producer_sending_more_than_32_bad_frames_in_10_s_is_closed_with_1008(client: TestClient) -> None:
+    with client.websocket_connect("/ws/producer/flood") as producer:
+        producer.send_text("1")
+        for n in range(32):
+            if n % 2:
+                producer.send_bytes(b"{}")
+            else:
+                producer.send_text("{not json")
+            if n == 15:
+                producer.send_text("2")
+        producer.send_text("nope")  # the 33rd
+        replies = [producer.receive_json() for _ in range(34)]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            producer.receive_json()
+    kinds = [r.get("code", r["type"]) for r in replies]
+    assert (
+        kinds
+        == ["ack"] + ["invalid_json", "binary_frame"] * 8 + ["ack"] + ["invalid_json", "binary_frame"] * 8
+    )
+    assert closed.value.code == 1008
+    assert len(client.get("/channels/flood/messages").json()["messages"]) == 2
+
+
+def test_rate_limited_frames_are_not_bad_frames() -> None:
+    with (
+        serving(publish_rate=100, publish_burst=1) as client,
+        client.websocket_connect("/ws/producer/rl") as producer,
+    ):
+        for n in range(80):  # over the rate, every other one: about 40 refused in 0.4 s
+            producer.send_text(str(n))
+        replies = [producer.receive_json() for _ in range(80)]
+        producer.send_text("80")
+        assert producer.receive_json()["type"] in ("ack", "error")  # still open
+    assert sum(r.get("code") == "rate_limited" for r in replies) > 32

@@ -105,6 +105,25 @@ async def test_bad_channel_names_and_positions_are_refused_before_the_upgrade(
     assert body["detail"]
 
 
+async def test_a_producer_flooding_bad_frames_is_closed_with_1008_after_every_earlier_reply(
+    instance: Instance, redis_client: redis.Redis, prefix: str
+) -> None:
+    async with connect(f"{instance.ws}/ws/producer/flood") as ws:
+        await ws.send("1")
+        for n in range(32):
+            await ws.send(b"\x00" if n % 2 else "{not json")
+            if n == 15:
+                await ws.send("2")
+        await ws.send("nope")  # the 33rd within 10 s
+        await ws.send("3")  # never read
+        replies = [await recv_json(ws) for _ in range(34)]
+        assert await close_code(ws) == 1008
+    kinds = [r.get("code", r["type"]) for r in replies]
+    bad = ["invalid_json", "binary_frame"] * 8
+    assert kinds == ["ack", *bad, "ack", *bad]
+    assert stream_ids(redis_client, f"{prefix}:{{flood}}") == [replies[0]["id"], replies[17]["id"]]
+
+
 async def test_nesting_deeper_than_the_limit_is_refused_and_the_client_reads_the_deepest(
     instance: Instance,
 ) -> None:

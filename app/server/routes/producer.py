@@ -5,7 +5,9 @@ Redis has the entry, or an ``error``. The reader hands each frame to the publish
 reply that settles when the publish does; the handler sends the replies in order, those settled
 together in one write. A producer may keep up to ``RELAY_PRODUCER_WINDOW`` frames unanswered;
 beyond that, while the instance has more waiting for Redis than it keeps, and after a frame over
-its rate, the relay stops reading its socket (TCP backpressure) instead of buffering.
+its rate, the relay stops reading its socket (TCP backpressure) instead of buffering. Frames that
+are no message (not JSON, nested too deep, binary) count toward the flood rule: the 33rd within
+10 s closes the connection with 1008, once every frame before it has its reply.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ async def serve(websocket: WebSocket, channel: str) -> None:
 class ProducerConnection(Connection):
     role = "producer"
     reads_on_arrival = False  # producers are busy: one reader loop, no task per arrival
-    counts_bad_frames = False  # every frame gets its reply; the window bounds them
 
     __slots__ = (
         "_idle",
@@ -105,7 +106,8 @@ class ProducerConnection(Connection):
             self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES ({self._max_bytes})")
         elif self._limit is not None and not self._limit.take():
             metrics.RATE_LIMITED.inc()
-            self.refuse(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down")
+            # not a bad frame: the pause below answers a fast producer, not the flood rule
+            self.report(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down")
             self._pause = self._limit.delay()  # read no faster than allowed: backpressure
         else:
             self._publish(text)
