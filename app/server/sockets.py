@@ -24,17 +24,18 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {"consumer": consumer.serve, "producer":
 
 
 def match(scope: Scope) -> tuple[Endpoint, str] | None:
-    """The handler and channel for a handshake's path (without the root path), or None."""
+    """The handler and channel for a handshake's path (without the root path), or None when the path
+    is not under ``/ws/consumer`` or ``/ws/producer``."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
-    parts = path.split("/", 4)
-    if len(parts) < 3 or parts[0] or parts[1] != "ws" or len(parts) > 4:
+    parts = path.split("/", 3)
+    if len(parts) < 3 or parts[0] or parts[1] != "ws":
         return None
     endpoint = ENDPOINTS.get(parts[2])
     if endpoint is None:
         return None
-    if len(parts) == 3:
-        return endpoint, DEFAULT_CHANNEL
-    return (endpoint, parts[3]) if parts[3] else None
+    # everything after /ws/<kind>/ is the channel, slashes included: the server has decoded the
+    # path (a%2Fb is a/b, ..%2F is ../), and the endpoint refuses what is no channel name with 400
+    return endpoint, parts[3] if len(parts) == 4 else DEFAULT_CHANNEL

@@ -273,3 +273,25 @@ def test_rate_limited_frames_are_not_bad_frames() -> None:
         producer.send_text("80")
         assert producer.receive_json()["type"] in ("ack", "error")  # still open
     assert sum(r.get("code") == "rate_limited" for r in replies) > 32
+
+
+@pytest.mark.parametrize("kind", ["consumer", "producer"])
+@pytest.mark.parametrize("rest", ["a%2Fb", "..%2F", "%2E%2E", "a%2Fb/c", "..%2F..%2Fx", "ok/", ""])
+def test_slashes_and_dot_segments_in_a_channel_path_are_invalid_channels(
+    client: TestClient, kind: str, rest: str
+) -> None:
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect(f"/ws/{kind}/{rest}"):
+        pass
+    assert refused.value.status_code == 400
+    assert refused.value.json()["code"] == "invalid_channel"
+
+
+@pytest.mark.parametrize("channel", ["a%2Fb", "..%2F", "a%2Fb%2Fc"])
+def test_slashes_and_dot_segments_in_an_http_channel_are_invalid_channels(
+    client: TestClient, channel: str
+) -> None:
+    for response in (
+        client.post(f"/channels/{channel}/messages", content="1"),
+        client.get(f"/channels/{channel}/messages"),
+    ):
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_channel"), response.text

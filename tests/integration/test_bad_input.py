@@ -90,6 +90,15 @@ async def test_multibyte_text_is_measured_in_bytes(instance: Instance) -> None:
         ("/ws/consumer/ok?from=-1", "invalid_id"),
         ("/ws/consumer/ok?from=99999999999999999999-0", "invalid_id"),
         ("/ws/consumer/ok?from=", "invalid_id"),
+        # uvicorn decodes the path: these name the channels 'a/b', '../', 'a/b/c', '..'
+        ("/ws/consumer/a%2Fb", "invalid_channel"),
+        ("/ws/producer/a%2Fb", "invalid_channel"),
+        ("/ws/consumer/..%2F", "invalid_channel"),
+        ("/ws/producer/..%2F", "invalid_channel"),
+        ("/ws/consumer/a%2Fb/c", "invalid_channel"),
+        ("/ws/producer/..%2F..%2Fx", "invalid_channel"),
+        ("/ws/consumer/%2E%2E", "invalid_channel"),
+        ("/ws/consumer/ok/", "invalid_channel"),
     ],
 )
 async def test_bad_channel_names_and_positions_are_refused_before_the_upgrade(
@@ -176,6 +185,8 @@ def test_http_publish_errors(instance: Instance, redis_client: redis.Redis, pref
             ),
             (http.get("/channels/c/messages?from=nope"), 400, "invalid_id"),
             (http.get("/channels/c/messages?limit=0"), 400, "invalid_request"),
+            (http.post("/channels/a%2Fb/messages", content="1"), 400, "invalid_channel"),
+            (http.get("/channels/..%2F/messages"), 400, "invalid_channel"),
             (http.post("/channels/c/messages", content="[" * 129 + "]" * 129), 400, "invalid_json"),
             (http.get("/channels/never-written/messages"), 404, "unknown_channel"),
         ]
