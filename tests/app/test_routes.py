@@ -295,3 +295,30 @@ def test_slashes_and_dot_segments_in_an_http_channel_are_invalid_channels(
         client.get(f"/channels/{channel}/messages"),
     ):
         assert (response.status_code, response.json()["code"]) == (400, "invalid_channel"), response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/channels/c/messages?from=", "invalid_id"),
+        ("/channels/c/messages?limit=", "invalid_request"),
+        ("/channels?limit=", "invalid_request"),
+    ],
+)
+def test_an_empty_parameter_is_refused_over_http(client: TestClient, path: str, code: str) -> None:
+    client.post("/channels/c/messages", content="1")
+    response = client.get(path)
+    assert (response.status_code, response.json()["type"], response.json()["code"]) == (400, "error", code)
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [("from=", "invalid_id"), ("group=", "invalid_request"), ("group=g&prefetch=", "invalid_request")],
+)
+def test_an_empty_parameter_is_refused_before_the_upgrade(client: TestClient, query: str, code: str) -> None:
+    with (
+        pytest.raises(WebSocketDenialResponse) as refused,
+        client.websocket_connect(f"/ws/consumer/c?{query}"),
+    ):
+        pass
+    assert (refused.value.status_code, refused.value.json()["code"]) == (400, code)

@@ -90,6 +90,8 @@ async def test_multibyte_text_is_measured_in_bytes(instance: Instance) -> None:
         ("/ws/consumer/ok?from=-1", "invalid_id"),
         ("/ws/consumer/ok?from=99999999999999999999-0", "invalid_id"),
         ("/ws/consumer/ok?from=", "invalid_id"),
+        ("/ws/consumer/ok?group=", "invalid_request"),
+        ("/ws/consumer/ok?group=g&prefetch=", "invalid_request"),
         # uvicorn decodes the path: these name the channels 'a/b', '../', 'a/b/c', '..'
         ("/ws/consumer/a%2Fb", "invalid_channel"),
         ("/ws/producer/a%2Fb", "invalid_channel"),
@@ -184,7 +186,9 @@ def test_http_publish_errors(instance: Instance, redis_client: redis.Redis, pref
                 "invalid_request",
             ),
             (http.get("/channels/c/messages?from=nope"), 400, "invalid_id"),
+            (http.get("/channels/c/messages?from="), 400, "invalid_id"),
             (http.get("/channels/c/messages?limit=0"), 400, "invalid_request"),
+            (http.get("/channels/c/messages?limit="), 400, "invalid_request"),
             (http.post("/channels/a%2Fb/messages", content="1"), 400, "invalid_channel"),
             (http.get("/channels/..%2F/messages"), 400, "invalid_channel"),
             (http.post("/channels/c/messages", content="[" * 129 + "]" * 129), 400, "invalid_json"),

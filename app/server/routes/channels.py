@@ -100,7 +100,7 @@ async def history(
     relay = relay_of(request)
     try:
         names.check_channel(channel)
-        position = names.parse_position(from_ or "0")
+        position = names.parse_position("0" if from_ is None else from_)  # an empty from= is refused
         authorize(request, relay, channel, publish=False)
     except ProtocolError as exc:
         return error_response(400, exc.code, exc.detail)
