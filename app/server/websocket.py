@@ -20,6 +20,7 @@ and the base of the wire, :mod:`app.server.wire`) with these changes:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -85,8 +86,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
 
-    async def run_asgi(self) -> None:
-        await super().run_asgi()
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        """The application is done (upstream then closed the transport, gracefully): a peer that
+        does not read is reset after the bound. A done callback, not an override of ``run_asgi``,
+        whose extra coroutine frame would stay alive as long as the connection: 0.25 KB each."""
+        super().on_task_complete(task)
         if not self.disconnected and self.close_timer is None:
             self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
 
