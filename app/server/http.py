@@ -79,11 +79,14 @@ class HttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # from the connection's opening, or a request's first byte, to its head's end
+        self._began = False  # the current head's first byte has come
         self._head_bytes = 0  # received while in a head (whole reads: a bound, not an exact count)
         self._field_bytes = 0
         self._fields = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, ErrorCode, str] | None = None
+        self._refusal_waits = False  # for the answer to an earlier request on the connection
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -92,6 +95,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -113,11 +118,15 @@ class HttpProtocol(HttpToolsProtocol):
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            # a head that never ends is refused once it holds more than any head that is served
-            if self._head_bytes > MAX_TARGET_BYTES + self.max_header_bytes + _LINE_SLACK:
-                self._refuse_now(431, ErrorCode.HEADERS_TOO_LARGE, self._fields_detail())
+        if not self._in_head:
+            return
+        if self._began:  # the read where the head began may hold the end of an earlier body
+            self._began = False
+            return
+        self._head_bytes += len(data)
+        # a head that never ends is refused once it holds more than any head that is served
+        if self._head_bytes > MAX_TARGET_BYTES + self.max_header_bytes + _LINE_SLACK:
+            self._refuse_now(431, ErrorCode.HEADERS_TOO_LARGE, self._fields_detail())
 
     def eof_received(self) -> None:
         if self._refusal is not None:
@@ -127,7 +136,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
+        self._in_head = self._began = True
         self._head_bytes = self._field_bytes = self._fields = 0
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
@@ -164,7 +173,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
             return
-        if self._head_bytes == 0:
+        if not self._began and self._head_bytes == 0:
             metrics.HTTP_REFUSED.labels(ErrorCode.REQUEST_TIMEOUT.value).inc()
             self.transport.close()  # nothing was asked: nothing to answer
         else:
@@ -176,12 +185,27 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal = (status, code, detail)
         self._send_refusal()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # the next pipelined request starts, if there is one
+        if self._refusal_waits and self.cycle.response_complete and not self.transport.is_closing():
+            self._refusal_waits = False
+            self._unset_keepalive_if_required()
+            self._write_refusal()
+
     def _send_refusal(self) -> None:
+        """Answer the refusal now, or after the requests before it on the connection (pipelined)."""
         assert self._refusal is not None
-        status, code, detail = self._refusal
         self._in_head = False
         self._stop_head_timer()
-        metrics.HTTP_REFUSED.labels(code.value).inc()
+        metrics.HTTP_REFUSED.labels(self._refusal[1].value).inc()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._refusal_waits = True
+        else:
+            self._write_refusal()
+
+    def _write_refusal(self) -> None:
+        assert self._refusal is not None
+        status, code, detail = self._refusal
         log.debug("%s: %d %s", _peer(self.client), status, detail)
         body = error_body(code, detail)
         head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
@@ -190,7 +214,7 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.write(STATUS_LINE[status] + head + body)
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self.loop.call_later(LINGER, self.transport.close)
+            self._linger = self.loop.call_later(LINGER, self.transport.close)
         else:
             self.transport.close()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app import metrics
@@ -41,6 +42,8 @@ _BAD_HANDSHAKE: Final = (
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with the edges above handled."""
+
+    _closed_itself = False  # the protocol closed the connection (not the application, not the peer)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -75,11 +78,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         if self.close_sent or self.transport.is_closing():
             return
+        self._closed_itself = True
         self.queue.put_nowait(_disconnect(Close.INTERNAL, "keepalive ping timeout"))  # type: ignore[arg-type]
         super().keepalive_timeout()
         self._drop("keepalive")  # the peer answers nothing: what is queued for it will never be read
 
     async def send(self, message: Any) -> None:
+        if self._closed_itself and message["type"] == "websocket.send":
+            raise ClientDisconnected  # as for a client gone: upstream would raise a RuntimeError
         await super().send(message)
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # upstream closes the transport gracefully when the peer does not answer the close
@@ -101,6 +107,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._closed_by_relay(code, reason)
 
     def _closed_by_relay(self, code: int, reason: str) -> None:
+        self._closed_itself = True
+        if self.close_timer is not None:
+            self.close_timer.cancel()
         self.queue.put_nowait(_disconnect(code, reason))  # type: ignore[arg-type]
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 import socket
 import subprocess
@@ -138,6 +139,40 @@ async def test_oversized_heads_are_refused_on_every_route_and_memory_comes_back(
     assert httpx.get(f"{instance.http}/healthz", timeout=5).status_code == 200
 
 
+async def test_a_refused_head_is_answered_after_the_requests_before_it(relay: RelayFactory) -> None:
+    """Pipelined: the refusal waits for the earlier answer, and a head that starts in the same
+    read as the end of a big body is not counted with that body."""
+    instance = relay().start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    try:
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+        )
+        answers = await until_closed(reader, within=5)
+    finally:
+        writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"431"]
+
+    body = b'{"pad": "' + b"x" * 60_000 + b'"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    try:
+        writer.write(
+            b"POST /channels/pipelined/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+            + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        )
+        first = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"\r\n")  # the second head ends in a later read
+        await reader.readexactly(int(first.split(b"content-length: ")[1].split(b"\r\n")[0]))
+        second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(5))
+    finally:
+        writer.close()
+    assert (first.split(b" ")[1], second.split(b" ")[1]) == (b"201", b"200")
+    assert "Traceback" not in instance.log()
+
+
 @pytest.fixture
 def many_files() -> Iterator[None]:
     """Room for a few thousand sockets in this process and the instances it starts."""
@@ -187,7 +222,7 @@ async def test_stalled_half_handshakes_are_closed_within_the_timeout_while_other
     assert all(answer == b"" for n, (_, answer) in enumerate(results) if not n % 2)
     assert len(round_trips) > 50
     # the 99th percentile, and the worst: the one tick where a thousand 408s and closes are due
-    assert round_trips[len(round_trips) * 99 // 100] < 0.05, round_trips[-10:]
+    assert round_trips[len(round_trips) * 99 // 100] < timeout(0.05), round_trips[-10:]
     assert round_trips[-1] < timeout(0.1), round_trips[-10:]
 
 
@@ -229,7 +264,7 @@ async def stuck_readers() -> AsyncIterator[list[socket.socket]]:
 async def test_consumers_that_stop_reading_are_dropped_and_what_they_pinned_released(
     relay: RelayFactory, stuck_readers: list[socket.socket]
 ) -> None:
-    instance = relay(ws_ping_interval="2", ws_ping_timeout="2", send_buffer_bytes="65536").start()
+    instance = relay(ws_ping_interval="3", ws_ping_timeout="2", send_buffer_bytes="65536").start()
     baseline = instance.rss_bytes()
     loop = asyncio.get_running_loop()
     for _ in range(100):
@@ -252,7 +287,7 @@ async def test_consumers_that_stop_reading_are_dropped_and_what_they_pinned_rele
     assert max(queues) <= 2 * 65536 + 16384  # ...up to the capped send buffer (Linux doubles it)
 
     await eventually(
-        lambda: _true(send_queues(instance.port) == []), within=2 + 2 + 3, what="every stuck reader dropped"
+        lambda: _true(send_queues(instance.port) == []), within=3 + 2 + 3, what="every stuck reader dropped"
     )
     assert instance.rss_bytes() - baseline < 15 * 1024 * 1024
     assert instance.log_path.read_text().count("closed by relay, code 1011 (keepalive ping timeout)") == 100
