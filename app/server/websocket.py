@@ -88,9 +88,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected  # as for a client gone: upstream would raise a RuntimeError
         await super().send(message)
         if message["type"] == "websocket.close" and self.close_timer is not None:
-            # upstream closes the transport gracefully when the peer does not answer the close
-            self.close_timer.cancel()
-            self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+            self._reset_later()  # upstream's timer closes gracefully: forever, for a peer that does not read
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         """The application is done (upstream then closed the transport, gracefully): a peer that
@@ -98,7 +96,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         whose extra coroutine frame would stay alive as long as the connection: 0.25 KB each."""
         super().on_task_complete(task)
         if not self.disconnected and self.close_timer is None:
-            self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+            self._reset_later()
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -108,13 +106,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _closed_by_relay(self, code: int, reason: str) -> None:
         self._closed_itself = True
-        if self.close_timer is not None:
-            self.close_timer.cancel()
         self.queue.put_nowait(_disconnect(code, reason))  # type: ignore[arg-type]
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.transport.close()
-        self.close_timer = self.loop.call_later(self._bound(), self._drop, "close_timeout")
+        self._reset_later()
 
     def _answer_bad_handshake(self) -> None:
         if self.transport.is_closing():
@@ -128,8 +124,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(prepared)
         self.transport.close()
 
-    def _bound(self) -> float:
-        return self.ping_timeout if self.ping_timeout else self.close_timeout
+    def _reset_later(self) -> None:
+        """Reset the connection unless it is gone within ``RELAY_WS_PING_TIMEOUT`` (the one timer:
+        any earlier one is let go)."""
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        bound = self.ping_timeout if self.ping_timeout else self.close_timeout
+        self.close_timer = self.loop.call_later(bound, self._drop, "close_timeout")
 
     def _drop(self, reason: str) -> None:
         self.close_timer = None

@@ -3,9 +3,9 @@
 Through ASGI, every delivery is a ``websocket.send`` message that Starlette and uvicorn turn into
 a frame for that one socket. A message fanned out to many consumers is the same frame for all of
 them, built once (:class:`app.fanout.sink.Frame`), so the relay writes its bytes to each
-transport. ``relay serve`` runs uvicorn with :class:`WireProtocol`, the relay's ``websockets-sansio``
-protocol (:mod:`app.server.websocket`) plus an ASGI scope extension, ``relay.wire``, holding the connection's
-:class:`Wire`. Where the extension is missing (another server, Starlette's test client),
+transport. ``relay serve`` runs uvicorn with :class:`WireProtocol`, the relay's
+``websockets-sansio`` protocol (:mod:`app.server.websocket`) plus an ASGI scope extension,
+``relay.wire``, holding the connection's :class:`Wire`. Where the extension is missing (another server, Starlette's test client),
 :func:`wire_of` returns None and everything goes through ASGI (:mod:`app.server.outlet`).
 
 A :class:`Wire` is *open* from the accepted handshake until a close frame went out, the client
@@ -131,7 +131,8 @@ def _tracked(name: str) -> Any:
 
 
 class WireProtocol(WebSocketProtocol):
-    """The relay's ``websockets-sansio`` protocol (:mod:`app.server.websocket`), offering a :class:`Wire` to the application.
+    """The relay's ``websockets-sansio`` protocol (:mod:`app.server.websocket`), offering a
+    :class:`Wire` to the application.
 
     The wire's ``open`` flag follows the protocol's own state: the handshake, a close frame sent
     (``close_sent`` is set in several places upstream, hence the tracked attributes), the client
