@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import httpx2 as httpx
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from app.client import Consumer, Gap, Message
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTOR = float(os.environ.get("RELAY_TEST_TIMEOUT_FACTOR", "1"))
@@ -44,6 +46,12 @@ def wait_until(predicate: Any, within: float, what: str, interval: float = 0.05)
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout(within):.1f}s waiting for {what}")
+
+
+def events_of(consumer: Consumer) -> contextlib.aclosing[AsyncGenerator[Message | Gap, None]]:
+    """The consumer's events, its socket closed when the block ends: a loop left early would leave
+    the socket to the garbage collector, and its ResourceWarning to whichever test runs then."""
+    return contextlib.aclosing(consumer.__aiter__())
 
 
 async def eventually(

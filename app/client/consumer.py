@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -138,7 +138,9 @@ class Consumer:
             with contextlib.suppress(ConnectionClosed):  # it comes back after the idle time
                 await self._ws.send(json.dumps({"type": "ack", "id": entry_id}))
 
-    async def __aiter__(self) -> AsyncIterator[Message | Gap]:
+    async def __aiter__(self) -> AsyncGenerator[Message | Gap, None]:
+        """The channel's events. Leaving the loop early leaves the socket open until the generator
+        is closed: ``async with contextlib.aclosing(aiter(consumer)) as events`` closes it at once."""
         loop = asyncio.get_running_loop()
         last_success = loop.time()
         while True:

@@ -18,6 +18,7 @@ from tests.support import (
     Instance,
     close_code,
     consumer,
+    events_of,
     publish_all,
     recv_json,
     recv_messages,
@@ -149,9 +150,10 @@ async def test_nesting_deeper_than_the_limit_is_refused_and_the_client_reads_the
     assert all(f"at most {MAX_DEPTH} deep" in r["detail"] for r in replies[::2])
 
     async def first() -> Message:
-        async for event in Consumer(instance.http, "deep", from_="0", give_up_after=5):
-            assert isinstance(event, Message)
-            return event
+        async with events_of(Consumer(instance.http, "deep", from_="0", give_up_after=5)) as events:
+            async for event in events:
+                assert isinstance(event, Message)
+                return event
         raise AssertionError("the consumer ended")
 
     message = await asyncio.wait_for(first(), timeout(10))  # app.client parses it

@@ -21,7 +21,7 @@ import redis
 
 from app.client import Consumer, Gap, Message, Producer
 from tests.conftest import RelayFactory
-from tests.support import ROOT, Instance, eventually, free_port, timeout, wait_until
+from tests.support import ROOT, Instance, events_of, eventually, free_port, timeout, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -106,11 +106,12 @@ def _ready(lb: Balancer) -> bool:
 
 async def follow(consumer: Consumer, into: list[Message], wanted: int) -> None:
     """Collect messages until ``wanted``; gaps are a failure here (retention is ample)."""
-    async for event in consumer:
-        assert not isinstance(event, Gap), event
-        into.append(event)
-        if len(into) >= wanted:
-            return
+    async with events_of(consumer) as events:
+        async for event in events:
+            assert not isinstance(event, Gap), event
+            into.append(event)
+            if len(into) >= wanted:
+                return
 
 
 def consumers_on(instance: Instance) -> float:
@@ -242,9 +243,10 @@ def acked(acks: list[float], count: int) -> Callable[[], Awaitable[bool]]:
 
 async def arrivals(consumer: Consumer, into: list[tuple[float, Message]]) -> None:
     """Collect messages with the time each arrived, until cancelled (gaps are a failure here)."""
-    async for event in consumer:
-        assert not isinstance(event, Gap), event
-        into.append((time.monotonic(), event))
+    async with events_of(consumer) as events:
+        async for event in events:
+            assert not isinstance(event, Gap), event
+            into.append((time.monotonic(), event))
 
 
 async def produce(url: str, n: int, acks: list[float], stop: asyncio.Event) -> int:

@@ -10,7 +10,7 @@ import redis
 
 from app.client import ClientError, Consumer, Gap, Message, Producer
 from tests.conftest import RelayFactory
-from tests.support import publish_all, stream_ids, timeout
+from tests.support import events_of, publish_all, stream_ids, timeout
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -19,12 +19,13 @@ async def take(
     consumer: Consumer, count: int, into: list[Message | Gap], more: asyncio.Event | None = None
 ) -> None:
     """Iterate until ``count`` events are in ``into``; ``more`` is set at each one."""
-    async for event in consumer:
-        into.append(event)
-        if more is not None:
-            more.set()
-        if len(into) >= count:
-            return
+    async with events_of(consumer) as events:
+        async for event in events:
+            into.append(event)
+            if more is not None:
+                more.set()
+            if len(into) >= count:
+                return
 
 
 async def holding(into: list[Message | Gap], count: int, more: asyncio.Event) -> None:
@@ -97,8 +98,8 @@ async def test_a_group_consumer_acks_as_it_goes_even_with_prefetch_one_and_acros
     ids = await publish_all(f"{a.ws}/ws/producer/work", list(range(6)))
     consumer = Consumer(a.http, "work", from_="0", group="g", prefetch=1, max_backoff=0.3)
     got: list[str] = []
-    async with asyncio.timeout(timeout(30)):
-        async for event in consumer:
+    async with asyncio.timeout(timeout(30)), events_of(consumer) as events:
+        async for event in events:
             assert isinstance(event, Message)
             got.append(event.id)
             if len(got) == 3:  # the instance restarts while the third is in hand

@@ -61,6 +61,7 @@ async def test_three_members_on_two_instances_share_every_message_exactly_once(
         assert done, "the members did not receive every message in time"
         for task in workers:
             task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
     everything = [i for ids_of_one in got.values() for i in ids_of_one]
     assert sorted(everything) == sorted(ids)  # each message to exactly one member, none lost
     assert all(got.values()), {name: len(v) for name, v in got.items()}  # every member took part
@@ -146,6 +147,7 @@ async def test_sigkill_of_an_instance_loses_nothing(
         await asyncio.wait_for(workers[2], timeout(30))
         for task in workers:
             task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
     assert acked >= set(ids)  # the survivor ended up with every message the dead ones did not finish
     wait_until(lambda: pending(redis_client, prefix, "orders", "billing") == 0, 5, "no message left pending")
 

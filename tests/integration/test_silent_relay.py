@@ -5,6 +5,7 @@ instances to go to: test_balancer.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -14,16 +15,17 @@ import redis
 
 from app.client import Consumer, Gap, Message, Producer
 from tests.conftest import RelayFactory
-from tests.support import eventually, publish_all, timeout
+from tests.support import events_of, eventually, publish_all, timeout
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
 
 async def take(consumer: Consumer, into: list[Message | Gap], count: int) -> None:
-    async for event in consumer:
-        into.append(event)
-        if len(into) >= count:
-            return
+    async with events_of(consumer) as events:
+        async for event in events:
+            into.append(event)
+            if len(into) >= count:
+                return
 
 
 async def test_a_consumer_gives_up_on_a_silent_relay_within_its_keepalive(relay: RelayFactory) -> None:
@@ -54,6 +56,8 @@ async def test_a_consumer_gives_up_on_a_silent_relay_within_its_keepalive(relay:
         assert [e.id for e in got if isinstance(e, Message)] == ids
     finally:
         reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
 
 
 async def test_a_busy_caller_is_not_taken_for_a_silent_relay(relay: RelayFactory) -> None:
@@ -62,7 +66,7 @@ async def test_a_busy_caller_is_not_taken_for_a_silent_relay(relay: RelayFactory
     a = relay().start()
     consumer = Consumer(a.http, "busy", keepalive=1.0, max_backoff=0.3)
     assert consumer.keepalive is not None
-    events = aiter(consumer)
+    events = consumer.__aiter__()
     first = asyncio.ensure_future(anext(events))
     await asyncio.wait_for(consumer.subscribed(), timeout(10))
     ids = await publish_all(f"{a.ws}/ws/producer/busy", list(range(100)))
@@ -70,7 +74,7 @@ async def test_a_busy_caller_is_not_taken_for_a_silent_relay(relay: RelayFactory
     await asyncio.sleep(3 * consumer.keepalive)  # the caller at work, not a wait for an event
     async with asyncio.timeout(timeout(10)):
         got += [await anext(events) for _ in range(99)]
-    await events.aclose()  # type: ignore[attr-defined]
+    await events.aclose()
     assert [e.id for e in got if isinstance(e, Message)] == ids
     assert consumer.reconnects == 0
 
