@@ -19,6 +19,7 @@ SLOW_CONSUMER_EVENTS = Counter(
 )
 GAPS = Counter("relay_gaps_total", "Gap frames sent: messages retention removed before a consumer got them.")
 REDIS_ERRORS = Counter("relay_redis_errors_total", "Redis operations that failed.", ["operation"])
+SUBSCRIPTIONS = Gauge("relay_subscriptions", "Channels followed by /ws connections (one per subscription).")
 TOPICS = Gauge("relay_channels_followed", "Channels this instance follows for its local consumers.")
 BUFFERED = Gauge(
     "relay_consumer_buffered_messages",

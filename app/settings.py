@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     )
     publish_burst: int = Field(default=100, ge=1, description="Messages a producer may send at once.")
     max_connections: int = Field(default=10_000, ge=1, description="WebSocket connections per instance.")
+    max_subscriptions: int = Field(
+        default=256, ge=1, le=100_000, description="Channels one /ws connection may follow at once."
+    )
+    presence_ttl: Seconds = Field(
+        default=30.0,
+        description="Seconds after which the presence of a silent instance's connections is gone.",
+    )
     producer_idle_timeout: float = Field(
         default=300.0, ge=0, description="Seconds a producer may send nothing before it is closed; 0: never."
     )

@@ -11,6 +11,8 @@ interface              used by                      for
                                                     channel's stream after an id
 :class:`Publishing`    the publisher                storing messages, batched
 :class:`GroupStore`    ``app.groups``               consumer groups: read, ack, touch, claim
+:class:`PresenceStore` ``app.presence``             who is on a channel: entries, their
+                                                    announcements, the instance's heartbeat
 :class:`Broker`        the instance's lifecycle     all of the above, plus start, stop, ping
                        and its HTTP endpoints       and listing channels
 :class:`Housekeeping`  the janitor (``workers``)    retention of quiet channels, the janitor's
@@ -56,6 +58,15 @@ Consumer groups (:class:`GroupStore`)
     delivery) or, once delivered ``max_deliveries`` times, moves them to the dead-letter stream and
     acknowledges them. Claims are atomic: an entry is never claimed or buried twice. A group that
     vanished (deleted, or Redis restarted empty) raises :class:`~app.errors.GroupMissing`.
+
+Presence (:class:`PresenceStore`)
+    A channel's presence is a set of entries, one per connection present, keyed by the
+    connection's id ``<boot>.<n>``, where ``<boot>`` names the instance process that holds it.
+    Each join or leave changes the set and then announces itself on the channel's announcement
+    channel (:meth:`BrokerListener.on_presence`), in the order the calls were made. An entry counts
+    only while its process's heartbeat lives (:meth:`PresenceStore.presence_beat`): entries of a
+    process that died without a word drop out of every list when its heartbeat expires, without a
+    write per entry, and are removed by the next list that finds them.
 
 Connections
     A broker holds a constant number of Redis connections, whatever the number of channels,
@@ -140,10 +151,25 @@ class ChannelInfo:
     groups: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """One connection joins (``join``) or leaves a channel; ``entry`` is its presence entry as
+    JSON text, ``frame`` what the channel's other connections are sent."""
+
+    channel: str
+    client: str
+    entry: str
+    frame: str
+    join: bool
+
+
 class BrokerListener(Protocol):
     """Receives announcements; called from the broker's reader task, must not block."""
 
     def on_announcement(self, channel: str, prev: str, entries: list[Entry]) -> None: ...
+
+    def on_presence(self, channel: str, client: str, frame: str) -> None:
+        """A connection ``client`` joined or left the channel; ``frame`` tells the others."""
 
     def on_resubscribed(self) -> None:
         """The Pub/Sub connection came back: announcements since it dropped are lost."""
@@ -200,7 +226,22 @@ class GroupStore(Protocol):
         """Say that the process ``name`` lives, for ``ttl_ms`` (the janitor spares its consumers)."""
 
 
-class Broker(Follower, Publishing, GroupStore, Protocol):
+class PresenceStore(Protocol):
+    """What presence needs (``app.presence``)."""
+
+    async def presence_change(self, changes: Sequence[PresenceChange]) -> None:
+        """Apply the changes in order, each announced once made, in one round trip. Applying one
+        twice does no harm (a join sets the entry, a leave removes it; the frame goes out again)."""
+
+    async def presence_list(self, channel: str) -> list[str]:
+        """The entries of the channel whose process's heartbeat lives (JSON text each)."""
+
+    async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
+        """Keep the process ``boot`` (instance ``name``) alive for ``ttl_ms``; False when its
+        heartbeat had expired: its entries may have been removed since, and must be joined again."""
+
+
+class Broker(Follower, Publishing, GroupStore, PresenceStore, Protocol):
     """Everything one instance (or worker) asks of Redis, and the broker's own life."""
 
     async def start(self, listener: BrokerListener) -> None:

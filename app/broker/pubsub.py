@@ -34,6 +34,7 @@ _PING_INTERVAL: Final = 5.0
 # a try costs one refused or timed-out connect: cheap enough to repeat twice a second, and readiness
 # (hence the balancer's traffic) waits on it after every outage
 _RECONNECT_CAP: Final = 0.5
+_PRESENCE: Final = b"presence\0"  # a join or leave (presence.lua), not new entries
 
 
 class PubSubSupervisor:
@@ -180,6 +181,11 @@ class PubSubSupervisor:
 
     def _dispatch(self, name: bytes, payload: bytes) -> None:
         listener = self._listener
+        if payload.startswith(_PRESENCE):
+            _, client, frame = payload.decode().split("\0", 2)
+            if listener is not None:
+                listener.on_presence(self._keys.channel_of_live(name.decode()), client, frame)
+            return
         parts = payload.decode().split("\0")
         if listener is None or len(parts) % 2 == 0:
             log.warning("ignoring a malformed announcement on %r", name)

@@ -7,6 +7,7 @@
 ``touch.lua``    reset the idle time of the entries a consumer's members hold
 ``lease.lua``    take or keep the janitor's lease
 ``reap.lua``     remove a group consumer whose process is gone, if it holds nothing
+``presence.lua`` a connection joins or leaves a channel's presence, announced to every instance
 ===============  ==================================================================================
 """
 
@@ -27,3 +28,4 @@ CLAIM: Final = source("claim")
 TOUCH: Final = source("touch")
 LEASE: Final = source("lease")
 REAP: Final = source("reap")
+PRESENCE: Final = source("presence")

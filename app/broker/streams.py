@@ -28,6 +28,7 @@ from app.broker.interface import (
     Delivery,
     Entry,
     Page,
+    PresenceChange,
     Published,
     PublishRequest,
 )
@@ -67,6 +68,7 @@ class RedisBroker:
         self._script_loaded = False
         self._claim = self._read.register_script(scripts.CLAIM)
         self._touch = self._read.register_script(scripts.TOUCH)
+        self._presence = self._read.register_script(scripts.PRESENCE)
         self._dead_maxlen = str(settings.stream_maxlen)
         self._pubsub = PubSubSupervisor(self._sub, self._keys, settings)
         self._publish_args: Final = retention_args(settings)
@@ -198,6 +200,42 @@ class RedisBroker:
 
     async def heartbeat(self, name: str, ttl_ms: int) -> None:
         await checked(self._read.set(self._keys.alive(name), "1", px=ttl_ms), "heartbeat")
+
+    # -- presence -------------------------------------------------------------------------------
+
+    async def presence_change(self, changes: Sequence[PresenceChange]) -> None:
+        keys = self._keys
+        pipe = self._read.pipeline(transaction=False)
+        for change in changes:
+            op = "join" if change.join else "leave"
+            await self._presence(  # queued in the pipeline (its script loaded first when missing)
+                keys=[keys.presence(change.channel), keys.live(change.channel)],
+                args=[op, change.client, change.entry, change.frame],
+                client=pipe,
+            )
+        await checked(pipe.execute(), "presence_change")
+
+    async def presence_list(self, channel: str) -> list[str]:
+        key = self._keys.presence(channel)
+        entries: dict[str, str] = await checked(self._read.hgetall(key), "presence_list")  # type: ignore[arg-type]
+        boots = sorted({client.partition(".")[0] for client in entries})
+        if not boots:
+            return []
+        pipe = self._read.pipeline(transaction=False)
+        for boot in boots:
+            pipe.exists(self._keys.present(boot))
+        alive = {
+            boot for boot, n in zip(boots, await checked(pipe.execute(), "presence_list"), strict=True) if n
+        }
+        dead = [client for client in entries if client.partition(".")[0] not in alive]
+        if dead:  # their process died without a word: tidy up (harmless if it raced a late join)
+            await checked(self._read.hdel(key, *dead), "presence_list")
+        return [entry for client, entry in entries.items() if client.partition(".")[0] in alive]
+
+    async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
+        key = self._keys.present(boot)
+        previous = await checked(self._read.set(key, name, px=ttl_ms, get=True), "presence_beat")
+        return previous is not None
 
 
 async def list_channels(client: Redis, keys: Keys, limit: int) -> list[ChannelInfo]:

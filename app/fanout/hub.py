@@ -2,7 +2,8 @@
 
 It follows a channel through the broker for the channel's first local consumer (or watcher) and
 lets go after the last; each followed channel is a :class:`~app.fanout.topic.Topic`. Catching-up
-consumers read through one shared :class:`~app.fanout.pages.PageSource`.
+consumers read through one shared :class:`~app.fanout.pages.PageSource`. The joins and leaves
+announced on a followed channel go to the local connections that watch its presence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from app.protocol.names import Position
 
 log = logging.getLogger("relay.hub")
 
+PresenceWatcher = Callable[[str, str], None]
+"""Told of a join or leave: the connection's id, and the frame for the others."""
+
 
 class Hub:
     def __init__(self, broker: Follower, *, buffer: int) -> None:
@@ -31,6 +35,7 @@ class Hub:
         self._buffer = buffer
         self._topics: dict[str, Topic] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._presence: dict[str, set[PresenceWatcher]] = {}
 
     @property
     def topics(self) -> int:
@@ -44,8 +49,11 @@ class Hub:
         """Live messages held for local consumers right now (for metrics: walks every subscription)."""
         return sum(topic.buffered() for topic in self._topics.values())
 
-    async def subscribe(self, channel: str, position: Position, wake: Callable[[], None]) -> Subscription:
-        """Attach a consumer; raises BrokerError when the channel cannot be followed now."""
+    async def subscribe(
+        self, channel: str, position: Position, wake: Callable[[], None], *, limit: int | None = None
+    ) -> Subscription:
+        """Attach a consumer holding at most ``limit`` live messages (the hub's buffer by default);
+        raises BrokerError when the channel cannot be followed now."""
         topic = await self._followed(channel)
         assert topic.last is not None
         tail = topic.last
@@ -54,7 +62,7 @@ class Hub:
             last=tail if position.latest else position.after,
             base=tail,
             report_gap=position.report_gap,
-            limit=self._buffer,
+            limit=limit or self._buffer,
             reader=self.pages.read,
             wake=wake,
         )
@@ -78,6 +86,18 @@ class Hub:
             topic.unwatch(watcher)
             self._drop_if_unused(topic)
 
+    def watch_presence(self, channel: str, watcher: PresenceWatcher) -> None:
+        """Call ``watcher(client, frame)`` for each join and leave on a channel followed here (a
+        subscription keeps it followed); it must not block."""
+        self._presence.setdefault(channel, set()).add(watcher)
+
+    def unwatch_presence(self, channel: str, watcher: PresenceWatcher) -> None:
+        watchers = self._presence.get(channel)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._presence[channel]
+
     def close(self) -> None:
         for topic in list(self._topics.values()):
             self._drop(topic)
@@ -88,6 +108,10 @@ class Hub:
         topic = self._topics.get(channel)
         if topic is not None:
             topic.on_announcement(streamid.parse(prev), entries)
+
+    def on_presence(self, channel: str, client: str, frame: str) -> None:
+        for watcher in list(self._presence.get(channel, ())):
+            watcher(client, frame)
 
     def on_resubscribed(self) -> None:
         for topic in self._topics.values():

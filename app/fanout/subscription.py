@@ -195,7 +195,7 @@ class Subscription:
     def _gap_message(self, next_id: str) -> Frame:
         """Retention removed messages after ``_gap_from``: say so, naming the next one delivered."""
         assert self._gap_from is not None
-        text = frames.gap(streamid.format_id(self._gap_from), next_id)
+        text = frames.gap(self.channel, streamid.format_id(self._gap_from), next_id)
         self._gap_from = None
         metrics.GAPS.inc()
         return Frame(text)

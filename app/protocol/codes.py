@@ -66,6 +66,13 @@ class ErrorCode(StrEnum):
     URI_TOO_LONG = "uri_too_long"  # HTTP 414: the request target is over 8,192 bytes
     HEADERS_TOO_LARGE = "headers_too_large"  # HTTP 431: over RELAY_MAX_HEADER_BYTES or 256 fields
     REQUEST_TIMEOUT = "request_timeout"  # HTTP 408: no complete request head in RELAY_HANDSHAKE_TIMEOUT
+    # on /ws (one connection, many channels): refusals of one frame; the connection stays open
+    INVALID_FRAME = "invalid_frame"  # not JSON, not an object, an unknown type, a field missing or wrong
+    INVALID_POSITION = "invalid_position"  # a subscribe's from is not $, 0 or an entry id
+    ALREADY_SUBSCRIBED = "already_subscribed"
+    NOT_SUBSCRIBED = "not_subscribed"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"  # over RELAY_MAX_SUBSCRIPTIONS on one connection
+    INVALID_TOKEN = "invalid_token"  # a refresh whose token does not verify: the old one is kept
 
 
 RETRY_CLOSES: Final = frozenset(

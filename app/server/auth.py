@@ -36,12 +36,15 @@ class AuthError(RelayError):
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one token allows; ``expires`` is a Unix time (None: no token was needed)."""
+    """What one token allows; ``expires`` is a Unix time (None: no token was needed). ``user``
+    (the ``sub`` claim) and ``info`` (the ``info`` claim, any JSON) are what presence shows."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     expires: float | None = None
     groups: tuple[str, ...] = ("*",)
+    user: Any = None
+    info: Any = None
 
     def may_publish(self, channel: str) -> bool:
         return _matches(self.publish, channel)
@@ -90,8 +93,15 @@ class Authenticator:
             raise AuthError(401, "a token is required: Authorization: Bearer <jwt>, or ?token=<jwt>")
         return self.decode(token)
 
+    @property
+    def required(self) -> bool:
+        """Whether tokens are checked at all (a key is configured)."""
+        return self._key is not None
+
     def decode(self, token: str) -> Grant:
-        assert self._key is not None
+        """The grant of ``token``; raises AuthError (401) when it does not verify."""
+        if self._key is None:
+            return OPEN
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -108,7 +118,12 @@ class Authenticator:
             raise AuthError(401, f"invalid token: {exc}") from exc
         expires = float(claims["exp"]) + self._leeway
         return Grant(
-            _patterns(claims, "publish"), _patterns(claims, "subscribe"), expires, _patterns(claims, "groups")
+            _patterns(claims, "publish"),
+            _patterns(claims, "subscribe"),
+            expires,
+            _patterns(claims, "groups"),
+            user=claims.get("sub"),
+            info=claims.get("info"),
         )
 
 

@@ -93,6 +93,7 @@ class Connection(ABC):
         "_closing",
         "_closing_waiter",
         "_expires",
+        "_expiry",
         "_flood",
         "_gone",
         "_inbox",
@@ -113,6 +114,7 @@ class Connection(ABC):
         self.out: Outlet = outlet_of(websocket)
         self.wake = Wakeup()  # the writer waits on it: something to send, or closing
         self._expires = expires
+        self._expiry: asyncio.TimerHandle | None = None
         self._client_code: int | None = None
         self._close: tuple[int, str] | None = None  # asked for by the relay
         self._closing = False
@@ -161,7 +163,7 @@ class Connection(ABC):
         await websocket.accept()
         metrics.CONNECTIONS.labels(self.role).inc()
         self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
-        expiry = self._expire_at(self._expires)
+        self.expire_at(self._expires)
         try:
             self._start_reading()
             self.opened()
@@ -177,8 +179,8 @@ class Connection(ABC):
                 self._reader.cancel()
             if self._inbox is not None:
                 self._inbox.listener = None
-            if expiry is not None:
-                expiry.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             self.finish()
             metrics.CONNECTIONS.labels(self.role).dec()
             self._log_close()
@@ -227,14 +229,17 @@ class Connection(ABC):
         self._gone = True
         self._stop()
 
-    def _expire_at(self, expires: float | None) -> asyncio.TimerHandle | None:
-        """Close the connection with 4401 when its token's ``exp`` (a Unix time) passes."""
-        if expires is None:
-            return None
-        delay = max(0.0, expires - time.time())
-        return asyncio.get_running_loop().call_later(
-            delay, self.request_close, Close.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON
-        )
+    def expire_at(self, expires: float | None) -> None:
+        """Close the connection with 4401 when its token's ``exp`` (a Unix time) passes; a later
+        call (a refreshed token) replaces the earlier."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires is not None:
+            delay = max(0.0, expires - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.request_close, Close.TOKEN_EXPIRED, TOKEN_EXPIRED_REASON
+            )
 
     def _log_close(self) -> None:
         if self._log is None:
@@ -253,26 +258,29 @@ class Connection(ABC):
         """A reply that is known once ``future`` is done; later replies wait behind it."""
         self._queue((future, render))
 
-    def refuse(self, code: ErrorCode, detail: str) -> None:
-        """The client's frame is refused: answer with an error (a flood closes the connection)."""
+    def refuse(self, code: ErrorCode, detail: str, channel: str | None = None, ref: frames.Ref = "") -> None:
+        """The client's frame is refused: answer with an error (a flood closes the connection).
+        ``channel`` and ``ref`` (on ``/ws``) name what the frame was about."""
         if self._flood is None:
             self._flood = FloodGuard()
         if self._flood.flooding():
             self.request_close(Close.POLICY, FLOOD_REASON)
             return
-        self.reply(self.error_text(code, detail))
+        self.reply(self.error_text(code, detail, channel, ref))
 
-    def report(self, code: ErrorCode, detail: str) -> None:
+    def report(self, code: ErrorCode, detail: str, channel: str | None = None, ref: frames.Ref = "") -> None:
         """Tell the client of an error that is no bad frame (not its doing, or answered otherwise:
         a rate limit); not counted by the flood rule."""
-        self.reply(self.error_text(code, detail))
+        self.reply(self.error_text(code, detail, channel, ref))
 
-    def error_text(self, code: ErrorCode, detail: str) -> str:
+    def error_text(
+        self, code: ErrorCode, detail: str, channel: str | None = None, ref: frames.Ref = ""
+    ) -> str:
         """An error frame's text, counted in the metrics and logged with the connection."""
         metrics.ERRORS.labels(code).inc()
         if self._log is not None:
             self._log.error(code, detail)
-        return frames.error(code, detail)
+        return frames.error(code, detail, channel, ref)
 
     @property
     def has_replies(self) -> bool:

@@ -1,4 +1,4 @@
-"""The running parts of one instance (broker, hub, groups, publisher) and its drain.
+"""The running parts of one instance (broker, hub, groups, publisher, presence) and its drain.
 
 Start-up builds them in order and shutdown closes them in reverse. Draining (SIGTERM under
 ``relay serve``) goes: ``/readyz`` answers 503 and new connections are refused at once; after
@@ -20,6 +20,7 @@ from app.broker.streams import RedisBroker
 from app.fanout.hub import Hub
 from app.groups.manager import GroupManager
 from app.ingest.publisher import Publisher
+from app.presence.tracker import Presence
 from app.protocol.codes import Close
 from app.server.auth import Authenticator
 from app.settings import Settings
@@ -41,6 +42,7 @@ class Relay:
         self.hub = Hub(self.broker, buffer=settings.consumer_buffer)
         self.groups = GroupManager(self.broker, self.hub, settings)
         self.publisher = Publisher(self.broker)
+        self.presence = Presence(self.broker, settings)
         self.draining = False
         self._connections: set[Closable] = set()
         self._no_connections = asyncio.Event()
@@ -67,11 +69,13 @@ class Relay:
         await self.broker.start(self.hub)
         self.groups.start()
         self.publisher.start()
+        self.presence.start()
         metrics.BUFFERED.set_function(self.hub.buffered)
 
     async def stop(self) -> None:
         self.begin_drain()
         await self.publisher.close()
+        await self.presence.close(self.settings.redis_timeout)  # the leaves of the closed connections
         await self.groups.close()
         self.hub.close()
         await self.broker.close()

@@ -1,6 +1,6 @@
 """The WebSocket endpoints, dispatched by path before FastAPI's routing.
 
-``/ws/consumer[/{channel}]`` and ``/ws/producer[/{channel}]`` take no FastAPI parameters, bodies or
+``/ws``, ``/ws/consumer[/{channel}]`` and ``/ws/producer[/{channel}]`` take no FastAPI parameters, bodies or
 dependencies, yet every connection would keep FastAPI's and Starlette's middleware, routing and
 dependency frames (and their exit stacks) alive for as long as it stays open: about half of an idle
 consumer's memory (``docs/performance.md``). :class:`app.server.app.RelayApp` hands the handshakes that
@@ -16,7 +16,7 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from app.protocol.names import DEFAULT_CHANNEL
-from app.server.routes import consumer, producer
+from app.server.routes import consumer, multiplex, producer
 
 Endpoint = Callable[[WebSocket, str], Awaitable[None]]
 
@@ -25,11 +25,13 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {"consumer": consumer.serve, "producer":
 
 def match(scope: Scope) -> tuple[Endpoint, str] | None:
     """The handler and channel for a handshake's path (without the root path), or None when the path
-    is not under ``/ws/consumer`` or ``/ws/producer``."""
+    is not ``/ws`` nor under ``/ws/consumer`` or ``/ws/producer``."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
+    if path in ("/ws", "/ws/"):
+        return multiplex.serve, ""
     parts = path.split("/", 3)
     if len(parts) < 3 or parts[0] or parts[1] != "ws":
         return None

@@ -132,7 +132,7 @@ async def test_resuming_before_retention_reports_the_gap_first(
 
     async with consumer(f"{a.ws}/ws/consumer/short?from={ids[0]}") as ws:
         gap = await recv_json(ws)
-        assert gap == {"type": "gap", "from": ids[0], "next": retained[0]}
+        assert gap == {"type": "gap", "channel": "short", "from": ids[0], "next": retained[0]}
         assert [m["id"] for m in await recv_messages(ws, len(retained))] == retained
 
     # the newest removed entry is the exact edge: resuming from it loses nothing
@@ -157,7 +157,7 @@ async def test_stream_max_age_removes_old_entries_and_resume_reports_it(
     new = await publish_all(f"{a.ws}/ws/producer/aging", ["new"])
     assert stream_ids(redis_client, f"{prefix}:{{aging}}") == new
     async with consumer(f"{a.ws}/ws/consumer/aging?from=0-0") as ws:
-        assert await recv_json(ws) == {"type": "gap", "from": "0-0", "next": new[0]}
+        assert await recv_json(ws) == {"type": "gap", "channel": "aging", "from": "0-0", "next": new[0]}
         assert [m["data"] for m in await recv_messages(ws, 1)] == ["new"]
 
 

@@ -80,7 +80,12 @@ def test_frames_are_the_contract_json() -> None:
         "channel": "c",
         "id": "0-0",
     }
-    assert json.loads(frames.gap("1-0", "5-0")) == {"type": "gap", "from": "1-0", "next": "5-0"}
+    assert json.loads(frames.gap("c", "1-0", "5-0")) == {
+        "type": "gap",
+        "channel": "c",
+        "from": "1-0",
+        "next": "5-0",
+    }
     assert json.loads(frames.ack("7-1")) == {"type": "ack", "id": "7-1"}
     error = json.loads(frames.error(ErrorCode.INVALID_JSON, 'bad "quote"\n'))
     assert error == {"type": "error", "code": "invalid_json", "detail": 'bad "quote"\n'}

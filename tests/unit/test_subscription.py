@@ -134,7 +134,7 @@ async def test_a_trimmed_position_gets_a_gap_frame_first() -> None:
     stream.trim(keep=5)
     sub = make(stream, streamid.parse("3-0"), streamid.parse("20-0"))
     frames = await drain(sub)
-    assert frames[0] == {"type": "gap", "from": "3-0", "next": "16-0"}
+    assert frames[0] == {"type": "gap", "channel": "c", "from": "3-0", "next": "16-0"}
     assert data(frames) == [15, 16, 17, 18, 19]
 
 
@@ -151,7 +151,7 @@ async def test_from_zero_reports_no_gap_but_a_later_fall_back_does() -> None:
     stream.trim(keep=5)  # entries 21..45 are gone before this consumer got them
     sub.fall_behind(streamid.parse("50-0"))
     frames = await drain(sub)
-    assert frames[0] == {"type": "gap", "from": "20-0", "next": "46-0"}
+    assert frames[0] == {"type": "gap", "channel": "c", "from": "20-0", "next": "46-0"}
     assert data(frames) == [45, 46, 47, 48, 49]
 
 
@@ -166,7 +166,7 @@ async def test_when_everything_up_to_the_target_is_gone_the_gap_names_the_next_m
     assert await drain(sub) == []  # nothing to say yet: the next message is unknown
     sub.push(*stream.add("new"))
     frames = await drain(sub)
-    assert frames[0] == {"type": "gap", "from": "3-0", "next": "11-0"}
+    assert frames[0] == {"type": "gap", "channel": "c", "from": "3-0", "next": "11-0"}
     assert data(frames) == ["new"]
 
 
@@ -178,7 +178,7 @@ async def test_a_loss_marker_becomes_a_gap_frame_even_when_an_overflow_drops_it(
     sub.push(*stream.add("after"))
     frames = await drain(sub)
     assert [f["type"] for f in frames] == ["message", "gap", "message"]
-    assert frames[1] == {"type": "gap", "from": "1-0", "next": "2-0"}
+    assert frames[1] == {"type": "gap", "channel": "c", "from": "1-0", "next": "2-0"}
 
     sub.push_loss()
     for n in range(5):  # overflows: the marker goes with the buffer, its news does not

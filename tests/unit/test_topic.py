@@ -132,7 +132,7 @@ async def test_an_announcement_beyond_what_the_stream_holds_is_delivered_not_wai
     hub.on_announcement("c", "50-0", [("51-0", '"after a lost entry"')])
     assert await received(sub, wake, 3) == [
         "kept",
-        {"type": "gap", "from": "1-0", "next": "51-0"},  # the loss is said, not only logged
+        {"type": "gap", "channel": "c", "from": "1-0", "next": "51-0"},  # the loss is said, not only logged
         "after a lost entry",
     ]
 

@@ -1,4 +1,4 @@
-"""HTTP: publish one message, read a channel's history, list channels."""
+"""HTTP: publish one message, read a channel's history and presence, list channels."""
 
 from __future__ import annotations
 
@@ -126,6 +126,26 @@ async def history(
         gap = f',"gap":{{"type":"gap","from":"{position.text}","next":{first}}}'
     body = f'{{"channel":"{channel}","messages":[{messages}],"next":"{next_id}"{gap}}}'
     return Response(body, media_type="application/json")
+
+
+@router.get("/channels/{channel:path}/presence")
+async def presence(request: Request, channel: str) -> Response:
+    """Every ``/ws`` connection present on the channel, on every instance."""
+    relay = relay_of(request)
+    try:
+        names.check_channel(channel)
+        authorize(request, relay, channel, publish=False)
+    except ProtocolError as exc:
+        return error_response(400, exc.code, exc.detail)
+    except AuthError as exc:
+        return auth_response(exc)
+    try:
+        clients = await relay.presence.clients(channel)
+    except BrokerError as exc:
+        return error_response(503, ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": "1"})
+    return Response(
+        f'{{"channel":"{channel}","clients":[{",".join(clients)}]}}', media_type="application/json"
+    )
 
 
 @router.get("/channels")

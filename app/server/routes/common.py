@@ -35,6 +35,11 @@ def error_response(
     )
 
 
+async def auth_denial(websocket: WebSocket, exc: AuthError) -> None:
+    """Refuse a WebSocket handshake whose token is missing, bad or too narrow (401 or 403)."""
+    await deny(websocket, exc.status, _AUTH_CODES[exc.status], exc.detail)
+
+
 def auth_response(exc: AuthError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return error_response(exc.status, _AUTH_CODES[exc.status], exc.detail, headers)
@@ -80,19 +85,25 @@ async def admit(
     except AuthError as exc:
         await deny(websocket, exc.status, _AUTH_CODES[exc.status], exc.detail)
         return None
+    return Admission(position, grant) if await room_for(websocket, relay) else None
+
+
+async def room_for(websocket: WebSocket, relay: Relay) -> bool:
+    """The checks every handshake passes whatever it asks for: the origin, and room on the
+    instance (not draining, not full). Refuses it and returns False when one fails."""
     origin = websocket.headers.get("origin")
     allowed = relay.settings.allowed_origins
     if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
         await deny(websocket, 403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
-        return None
+        return False
     if relay.draining:
         await deny(websocket, 503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL)
-        return None
+        return False
     if relay.open_connections >= relay.settings.max_connections:
         metrics.REFUSED_FULL.inc()
         await deny(websocket, 503, ErrorCode.UNAVAILABLE, "this instance is full; connect to another one")
-        return None
-    return Admission(position, grant)
+        return False
+    return True
 
 
 def authorize(connection: HTTPConnection, relay: Relay, channel: str, *, publish: bool) -> Grant:

@@ -1,0 +1,459 @@
+"""``WS /ws``: one connection, many channels, with presence (``docs/protocol.md``).
+
+The client's frames (``subscribe``, ``unsubscribe``, ``publish``, ``presence``, ``refresh``) each
+get exactly one reply, in frame order, repeating the frame's ``ref``; a refusal is an ``error``
+and the connection stays open (the flood rule still closes it). Each subscription is a hub
+:class:`~app.fanout.subscription.Subscription`, as a ``/ws/consumer/C`` connection's is: the same
+frames, built once for both, and the same guarantees.
+
+The writer serves the subscriptions that have something to send in turn, one batch each (a
+catch-up page or up to 64 live messages), so one catching up a long backlog holds the others'
+live messages back by one batch at most. When none has anything it parks them on the wire, and
+the fan-out writes their live messages itself. A subscription sends nothing before its
+``subscribed`` reply went out, and nothing after its ``unsubscribed`` reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+from starlette.types import Message
+from starlette.websockets import WebSocket
+
+from app import metrics
+from app.backoff import Backoff
+from app.errors import BrokerError, ProtocolError, StorageError
+from app.fanout.subscription import Subscription
+from app.ingest.checks import (
+    IDEMPOTENCY_KEY_RULE,
+    JSON_RULE,
+    RateLimit,
+    json_refusal,
+    utf8_length_exceeds,
+    valid_idempotency_key,
+)
+from app.ingest.publisher import Receipt
+from app.presence.tracker import entry_of
+from app.protocol import frames, names, streamid
+from app.protocol.codes import Close, ErrorCode
+from app.protocol.names import Position
+from app.server.auth import AuthError, Grant
+from app.server.connection import Connection
+from app.server.lifecycle import Relay
+from app.server.routes.common import DRAINING_DETAIL, auth_denial, relay_of, room_for
+
+log = logging.getLogger("relay.multiplex")
+
+ENVELOPE: Final = 4096
+"""Bytes a ``publish`` frame may carry beyond its ``data`` (type, channel, key, ref): a frame
+over ``RELAY_MAX_MESSAGE_BYTES`` plus this is no message at all, and closes with 1009."""
+MAX_REF: Final = 256  # characters of a string ref
+_INT_REF: Final = 2**53  # integers a JavaScript client can hold exactly
+_SUB_BUFFER_SHARE: Final = 16  # a subscription holds RELAY_CONSUMER_BUFFER / this live messages
+_MIN_SUB_BUFFER: Final = 64
+_SLOW_REPLIES: Final = 4  # times RELAY_PRODUCER_WINDOW replies and presence frames unsent: too slow
+FRAME_TYPES: Final = "subscribe, unsubscribe, publish, presence or refresh"
+
+
+async def serve(websocket: WebSocket, channel: str) -> None:
+    """``WS /ws`` (dispatched by :mod:`app.server.sockets`; ``channel`` is unused)."""
+    relay = relay_of(websocket)
+    try:
+        grant = relay.auth.grant(websocket)
+    except AuthError as exc:
+        await auth_denial(websocket, exc)
+        return
+    if not await room_for(websocket, relay):
+        return
+    connection = MultiplexConnection(websocket, relay, grant)
+    with relay.connection(connection):
+        await connection.run(frames.connected(connection.client))
+
+
+class _Channel:
+    """One subscription of the connection: pending until the hub has it (``sub``), live once its
+    ``subscribed`` reply went out."""
+
+    __slots__ = ("live", "name", "position", "presence", "queued", "sub", "wake", "watcher")
+
+    def __init__(self, name: str, presence: bool) -> None:
+        self.name = name
+        self.presence = presence  # send the others' joins and leaves
+        self.sub: Subscription | None = None
+        self.position = ""  # the id of the subscribed reply
+        self.live = False
+        self.queued = False  # in the writer's turn list
+        self.wake: Callable[[], None] = _nothing
+        self.watcher: Callable[[str, str], None] | None = None
+
+
+def _nothing() -> None:
+    return
+
+
+class MultiplexConnection(Connection):
+    role = "multiplexed"
+
+    __slots__ = (
+        "_buffer",
+        "_channels",
+        "_entry",
+        "_grant",
+        "_handlers",
+        "_idle",
+        "_limit",
+        "_max_frame",
+        "_max_subscriptions",
+        "_pause",
+        "_ready",
+        "_relay",
+        "_tasks",
+        "_window",
+        "client",
+    )
+
+    def __init__(self, websocket: WebSocket, relay: Relay, grant: Grant) -> None:
+        self.client = relay.presence.client_id()
+        super().__init__(websocket, self.client, expires=grant.expires)
+        settings = relay.settings
+        self._relay = relay
+        self._grant = grant
+        self._entry = entry_of(self.client, grant.user, grant.info)
+        self._channels: dict[str, _Channel] = {}
+        self._ready: deque[_Channel] = deque()  # subscriptions with something to send, in turn
+        self._idle: list[_Channel] = []  # found with nothing to send: to park when the writer idles
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._max_frame = settings.max_message_bytes + ENVELOPE
+        self._max_subscriptions = settings.max_subscriptions
+        self._buffer = max(_MIN_SUB_BUFFER, settings.consumer_buffer // _SUB_BUFFER_SHARE)
+        self._window = settings.producer_window
+        self._limit = (
+            RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
+        )
+        self._pause = 0.0
+        self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "publish": self._publish,
+            "presence": self._presence,
+            "refresh": self._refresh,
+        }
+
+    # -- reading: one reply per frame ------------------------------------------------------------
+
+    def reading_held(self) -> bool:
+        """Read no further while the rate says wait, the replies fill the window, or Redis is behind."""
+        return bool(self._pause) or self.queued_replies >= self._window or self._relay.publisher.full
+
+    async def ready_to_read(self) -> None:
+        if self._pause:
+            pause, self._pause = self._pause, 0.0
+            await asyncio.sleep(pause)
+        elif self.queued_replies >= self._window:
+            await self.wait_for_reply_room(self._window)
+        elif self._relay.publisher.full:
+            await self._relay.publisher.wait_for_room()
+
+    def on_frame(self, message: Message) -> None:
+        text = message.get("text")
+        if text is None:
+            self.refuse(ErrorCode.INVALID_FRAME, "expected a text frame holding a JSON object, got binary")
+            return
+        if utf8_length_exceeds(text, self._max_frame):
+            metrics.ERRORS.labels(ErrorCode.TOO_LARGE).inc()
+            self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES + {ENVELOPE}")
+            return
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self.refuse(ErrorCode.INVALID_FRAME, f"expected a JSON object: {exc}")
+            return
+        if not isinstance(frame, dict):
+            self.refuse(ErrorCode.INVALID_FRAME, f"expected a JSON object, got {type(frame).__name__}")
+            return
+        ref = _ref_of(frame.get("ref"))
+        if ref is None:
+            self.refuse(
+                ErrorCode.INVALID_FRAME,
+                f"ref: expected a string of at most {MAX_REF} characters or an integer",
+            )
+            return
+        kind = frame.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            shown = str(kind)[:40]
+            self.refuse(ErrorCode.INVALID_FRAME, f"unknown type {shown!r}: expected {FRAME_TYPES}", ref=ref)
+        elif self.closing:
+            self.report(ErrorCode.UNAVAILABLE, DRAINING_DETAIL, ref=ref)
+        else:
+            handler(frame, ref)
+
+    def _channel_of(self, frame: dict[str, Any], ref: str) -> str | None:
+        """The frame's channel, checked; None (refused) when it has none or a bad one."""
+        name = frame.get("channel")
+        if not isinstance(name, str):
+            self.refuse(ErrorCode.INVALID_FRAME, "channel: expected a channel name", ref=ref)
+            return None
+        try:
+            return names.check_channel(name)
+        except ProtocolError as exc:
+            self.refuse(ErrorCode.INVALID_CHANNEL, exc.detail, name[:140], ref)
+            return None
+
+    def _subscribe(self, frame: dict[str, Any], ref: str) -> None:
+        name = self._channel_of(frame, ref)
+        if name is None:
+            return
+        if not self._grant.may_subscribe(name):
+            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to subscribe to {name!r}", name, ref)
+            return
+        start, presence = frame.get("from"), frame.get("presence", False)
+        if not (start is None or isinstance(start, str)) or not isinstance(presence, bool):
+            self.refuse(
+                ErrorCode.INVALID_FRAME, "from: expected a string; presence: expected a boolean", name, ref
+            )
+            return
+        try:
+            position = names.parse_position(start)
+        except ProtocolError as exc:
+            self.refuse(ErrorCode.INVALID_POSITION, exc.detail, name, ref)
+            return
+        if name in self._channels:
+            self.refuse(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name!r}", name, ref)
+            return
+        if len(self._channels) >= self._max_subscriptions:
+            detail = f"{self._max_subscriptions} subscriptions on this connection (RELAY_MAX_SUBSCRIPTIONS)"
+            self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, detail, name, ref)
+            return
+        state = self._channels[name] = _Channel(name, presence)
+        state.wake = lambda: self._enqueue(state)
+        following = self._track(self._follow(state, position))
+        self.reply_later(following, lambda done: self._subscribed(state, done, ref))
+
+    async def _follow(self, state: _Channel, position: Position) -> None:
+        sub = await self._relay.hub.subscribe(state.name, position, state.wake, limit=self._buffer)
+        if self._channels.get(state.name) is not state:  # unsubscribed meanwhile
+            self._relay.hub.unsubscribe(sub)
+            return
+        state.sub = sub
+        state.position = streamid.format_id(sub.last) if position.latest else position.text
+        metrics.SUBSCRIPTIONS.inc()
+        self._relay.presence.join(state.name, self.client, self._entry)
+        if state.presence:
+            state.watcher = lambda client, frame: self._presence_event(state, client, frame)
+            self._relay.hub.watch_presence(state.name, state.watcher)
+
+    def _subscribed(self, state: _Channel, done: asyncio.Future[None], ref: str) -> str:
+        """The reply to a subscribe, once the hub has it; from here on the subscription sends."""
+        error = done.exception() if not done.cancelled() else BrokerError("the connection is closing")
+        if error is not None:
+            if self._channels.get(state.name) is state:
+                del self._channels[state.name]
+            detail = f"cannot follow the channel now: {error}"
+            return self.error_text(ErrorCode.UNAVAILABLE, detail, state.name, ref)
+        if self._channels.get(state.name) is state:
+            state.live = True
+            self._enqueue(state)  # what arrived meanwhile waits in its buffer
+        return frames.subscribed_to(state.name, state.position, ref)
+
+    def _unsubscribe(self, frame: dict[str, Any], ref: str) -> None:
+        name = self._channel_of(frame, ref)
+        if name is None:
+            return
+        state = self._channels.pop(name, None)
+        if state is None:
+            self.refuse(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {name!r}", name, ref)
+            return
+        self._drop(state)
+        self.reply(frames.unsubscribed(name, ref))
+
+    def _publish(self, frame: dict[str, Any], ref: str) -> None:
+        name = self._channel_of(frame, ref)
+        if name is None:
+            return
+        if not self._grant.may_publish(name):
+            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to publish to {name!r}", name, ref)
+            return
+        key = frame.get("key")
+        if "data" not in frame or not (key is None or (isinstance(key, str) and valid_idempotency_key(key))):
+            self.refuse(
+                ErrorCode.INVALID_FRAME, f"data: expected JSON; key: {IDEMPOTENCY_KEY_RULE}", name, ref
+            )
+            return
+        if self._limit is not None and not self._limit.take():
+            metrics.RATE_LIMITED.inc()
+            self.report(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down", name, ref)
+            self._pause = self._limit.delay()  # read no faster than allowed: backpressure
+            return
+        data = _json_text(frame["data"])
+        max_bytes = self._relay.settings.max_message_bytes
+        if data is not None and utf8_length_exceeds(data, max_bytes):
+            self.refuse(
+                ErrorCode.TOO_LARGE, f"data over RELAY_MAX_MESSAGE_BYTES ({max_bytes}): not stored", name, ref
+            )
+            return
+        refusal = json_refusal(data) if data is not None else f"{JSON_RULE}: it nests deeper"
+        if data is None or refusal is not None:
+            self.refuse(ErrorCode.INVALID_FRAME, f"data: {refusal}", name, ref)
+            return
+        stored = self._relay.publisher.submit(name, data, key)
+        self.reply_later(stored, lambda done: self._acked(name, done, ref))
+
+    def _acked(self, name: str, receipt: asyncio.Future[Receipt], ref: str) -> str:
+        try:
+            return frames.acked(name, receipt.result()[0], ref)
+        except StorageError as exc:
+            return self.error_text(ErrorCode.STORAGE_ERROR, f"not stored: {exc}", name, ref)
+        except (Exception, asyncio.CancelledError) as exc:  # BrokerUnavailable, or the publish cancelled
+            detail = f"not stored: {str(exc) or 'the publish was cancelled'}"
+            return self.error_text(ErrorCode.UNAVAILABLE, detail, name, ref)
+
+    def _presence(self, frame: dict[str, Any], ref: str) -> None:
+        name = self._channel_of(frame, ref)
+        if name is None:
+            return
+        if not self._grant.may_subscribe(name):
+            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to subscribe to {name!r}", name, ref)
+            return
+        listing = self._track(self._relay.presence.clients(name))
+        self.reply_later(listing, lambda done: self._listed(name, done, ref))
+
+    def _listed(self, name: str, done: asyncio.Future[list[str]], ref: str) -> str:
+        if done.cancelled() or done.exception() is not None:
+            detail = f"presence unknown now: {done.exception() if not done.cancelled() else 'cancelled'}"
+            return self.error_text(ErrorCode.UNAVAILABLE, detail, name, ref)
+        return frames.presence(name, done.result(), ref)
+
+    def _refresh(self, frame: dict[str, Any], ref: str) -> None:
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            self.refuse(ErrorCode.INVALID_FRAME, "token: expected a JWT", ref=ref)
+            return
+        try:
+            grant = self._relay.auth.decode(token)
+        except AuthError as exc:
+            self.refuse(ErrorCode.INVALID_TOKEN, f"{exc.detail}; the connection keeps its token", ref=ref)
+            return
+        self._grant = grant
+        self._entry = entry_of(self.client, grant.user, grant.info)  # for the joins from now on
+        self.expire_at(grant.expires)
+        self.reply(frames.refreshed(ref))
+
+    def _presence_event(self, state: _Channel, client: str, frame: str) -> None:
+        """Another connection joined or left a channel this one watches."""
+        if client == self.client or not state.live or self.closing:
+            return
+        if self.queued_replies >= _SLOW_REPLIES * self._window:
+            self.request_close(Close.TRY_AGAIN, "too slow to read its replies and presence frames")
+            return
+        self.reply(frame)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _enqueue(self, state: _Channel) -> None:
+        """The subscription has something to send (its ``wake``): give it a turn."""
+        if not state.queued:
+            state.queued = True
+            self._ready.append(state)
+            self.wake.set()
+
+    def _next(self) -> _Channel | None:
+        ready = self._ready
+        while ready:
+            state = ready.popleft()
+            state.queued = False
+            if state.live and self._channels.get(state.name) is state:
+                return state
+        return None
+
+    async def write(self) -> None:
+        out = self.out
+        backoff: Backoff | None = None
+        while not self.closing:
+            await self.send_replies()
+            state = self._next()
+            if state is None:
+                if self.has_replies:
+                    await self.wait_for_first_reply()
+                    continue
+                if out.direct:
+                    self._park()
+                await self.wake.wait()
+                continue
+            sub = state.sub
+            assert sub is not None
+            try:
+                batch = await sub.take()
+            except BrokerError as exc:  # Redis is away: stay connected, try again
+                backoff = backoff or Backoff()
+                log.warning("catch-up read on %r failed (%s); retrying", state.name, exc)
+                self._enqueue(state)
+                await self.pause(backoff.failed())
+                continue
+            if backoff is not None:
+                backoff.reset()
+            if batch:
+                await out.send(batch)
+                metrics.DELIVERED.inc(len(batch))
+                self._enqueue(state)  # more may follow: after the others' turn
+                await asyncio.sleep(0)  # as on /ws/consumer: a shared page must not hold the loop
+            else:
+                self._idle.append(state)
+
+    def _park(self) -> None:
+        """Nothing to send: the fan-out writes the live messages of the idle subscriptions itself."""
+        out = self.out
+        for state in self._idle:
+            if state.sub is not None and not state.queued and self._channels.get(state.name) is state:
+                state.sub.park(out)
+        self._idle.clear()
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _track(self, work: Any) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _drop(self, state: _Channel) -> None:
+        """Let go of a subscription: no frame of it is sent from here on; it leaves presence."""
+        state.live = False
+        if state.watcher is not None:
+            self._relay.hub.unwatch_presence(state.name, state.watcher)
+        if state.sub is not None:
+            self._relay.hub.unsubscribe(state.sub)
+            state.sub = None
+            metrics.SUBSCRIPTIONS.dec()
+            self._relay.presence.leave(state.name, self.client)
+
+    def finish(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for state in self._channels.values():
+            self._drop(state)
+        self._channels.clear()
+
+
+def _ref_of(ref: Any) -> str | None:
+    """A frame's ``ref`` as JSON text (``""`` when it has none); None when it is no valid ref."""
+    if ref is None:
+        return ""
+    if isinstance(ref, str) and len(ref) <= MAX_REF:
+        return orjson.dumps(ref).decode()
+    if isinstance(ref, int) and not isinstance(ref, bool) and -_INT_REF < ref < _INT_REF:
+        return str(ref)
+    return None
+
+
+def _json_text(data: Any) -> str | None:
+    """``data`` as JSON text to store; None when orjson cannot write it back (nested too deep)."""
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        return None
