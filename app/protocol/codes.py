@@ -14,7 +14,7 @@ code    name             meaning; what a client does
 1009    TOO_BIG          a frame over ``RELAY_MAX_MESSAGE_BYTES``; fix the client
 1011    INTERNAL         the relay failed, or the keepalive timed out; reconnect and resume
 1012    RESTART          the instance drains: reconnect (elsewhere) and resume with ``from``
-1013    TRY_AGAIN        busy (sent by balancers); reconnect after a pause
+1013    TRY_AGAIN        busy (balancers), or a /ws client too slow for its replies; retry later
 4401    TOKEN_EXPIRED    the token's ``exp`` passed: reconnect with a new token and resume
 ======  ===============  ===================================================================
 

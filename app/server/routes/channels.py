@@ -13,6 +13,7 @@ from app.ingest.checks import IDEMPOTENCY_KEY_RULE, json_refusal, valid_idempote
 from app.protocol import frames, names
 from app.protocol.codes import ErrorCode
 from app.server.auth import AuthError
+from app.server.lifecycle import Relay
 from app.server.routes.common import DRAINING_DETAIL, auth_response, authorize, error_response, relay_of
 
 router = APIRouter()
@@ -29,13 +30,9 @@ async def publish(
     request: Request, channel: str, idempotency_key: Annotated[str | None, Header()] = None
 ) -> Response:
     relay = relay_of(request)
-    try:
-        names.check_channel(channel)
-        authorize(request, relay, channel, publish=True)
-    except ProtocolError as exc:
-        return error_response(400, exc.code, exc.detail)
-    except AuthError as exc:
-        return auth_response(exc)
+    refusal = _refusal(request, relay, channel, publish=True)
+    if refusal is not None:
+        return refusal
     if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
         return error_response(400, ErrorCode.INVALID_REQUEST, f"Idempotency-Key: {IDEMPOTENCY_KEY_RULE}")
     if relay.draining:
@@ -61,6 +58,18 @@ async def publish(
     return Response(
         orjson.dumps({"id": entry_id}), status_code=201, media_type="application/json", headers=headers
     )
+
+
+def _refusal(request: Request, relay: Relay, channel: str, *, publish: bool) -> Response | None:
+    """The 400, 401 or 403 for a bad channel name or a token that does not cover it, or None."""
+    try:
+        names.check_channel(channel)
+        authorize(request, relay, channel, publish=publish)
+    except ProtocolError as exc:
+        return error_response(400, exc.code, exc.detail)
+    except AuthError as exc:
+        return auth_response(exc)
+    return None
 
 
 def _message_text(body: bytes) -> str | Response:
@@ -132,13 +141,9 @@ async def history(
 async def presence(request: Request, channel: str) -> Response:
     """Every ``/ws`` connection present on the channel, on every instance."""
     relay = relay_of(request)
-    try:
-        names.check_channel(channel)
-        authorize(request, relay, channel, publish=False)
-    except ProtocolError as exc:
-        return error_response(400, exc.code, exc.detail)
-    except AuthError as exc:
-        return auth_response(exc)
+    refusal = _refusal(request, relay, channel, publish=False)
+    if refusal is not None:
+        return refusal
     try:
         clients = await relay.presence.clients(channel)
     except BrokerError as exc:

@@ -32,7 +32,6 @@ from app.fanout.subscription import Subscription
 from app.ingest.checks import (
     IDEMPOTENCY_KEY_RULE,
     JSON_RULE,
-    RateLimit,
     json_refusal,
     utf8_length_exceeds,
     valid_idempotency_key,
@@ -43,8 +42,8 @@ from app.protocol import frames, names, streamid
 from app.protocol.codes import Close, ErrorCode
 from app.protocol.names import Position
 from app.server.auth import AuthError, Grant
-from app.server.connection import Connection
 from app.server.lifecycle import Relay
+from app.server.publishing import PublishingConnection
 from app.server.routes.common import DRAINING_DETAIL, auth_denial, relay_of, room_for
 
 log = logging.getLogger("relay.multiplex")
@@ -96,7 +95,7 @@ def _nothing() -> None:
     return
 
 
-class MultiplexConnection(Connection):
+class MultiplexConnection(PublishingConnection):
     role = "multiplexed"
 
     __slots__ = (
@@ -106,21 +105,18 @@ class MultiplexConnection(Connection):
         "_grant",
         "_handlers",
         "_idle",
-        "_limit",
         "_max_frame",
         "_max_subscriptions",
-        "_pause",
         "_ready",
         "_relay",
         "_tasks",
-        "_window",
         "client",
     )
 
     def __init__(self, websocket: WebSocket, relay: Relay, grant: Grant) -> None:
         self.client = relay.presence.client_id()
-        super().__init__(websocket, self.client, expires=grant.expires)
         settings = relay.settings
+        super().__init__(websocket, self.client, relay.publisher, settings, expires=grant.expires)
         self._relay = relay
         self._grant = grant
         self._entry = entry_of(self.client, grant.user, grant.info)
@@ -131,11 +127,6 @@ class MultiplexConnection(Connection):
         self._max_frame = settings.max_message_bytes + ENVELOPE
         self._max_subscriptions = settings.max_subscriptions
         self._buffer = max(_MIN_SUB_BUFFER, settings.consumer_buffer // _SUB_BUFFER_SHARE)
-        self._window = settings.producer_window
-        self._limit = (
-            RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
-        )
-        self._pause = 0.0
         self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -144,20 +135,7 @@ class MultiplexConnection(Connection):
             "refresh": self._refresh,
         }
 
-    # -- reading: one reply per frame ------------------------------------------------------------
-
-    def reading_held(self) -> bool:
-        """Read no further while the rate says wait, the replies fill the window, or Redis is behind."""
-        return bool(self._pause) or self.queued_replies >= self._window or self._relay.publisher.full
-
-    async def ready_to_read(self) -> None:
-        if self._pause:
-            pause, self._pause = self._pause, 0.0
-            await asyncio.sleep(pause)
-        elif self.queued_replies >= self._window:
-            await self.wait_for_reply_room(self._window)
-        elif self._relay.publisher.full:
-            await self._relay.publisher.wait_for_room()
+    # -- reading: one reply per frame (when to read: app.server.publishing) ----------------------
 
     def on_frame(self, message: Message) -> None:
         text = message.get("text")
@@ -193,24 +171,29 @@ class MultiplexConnection(Connection):
         else:
             handler(frame, ref)
 
-    def _channel_of(self, frame: dict[str, Any], ref: str) -> str | None:
-        """The frame's channel, checked; None (refused) when it has none or a bad one."""
+    def _channel_of(self, frame: dict[str, Any], ref: str, action: str | None = None) -> str | None:
+        """The frame's channel, checked, and allowed by the token for ``action`` (``subscribe``,
+        ``publish``, or None: no check); None (refused) otherwise."""
         name = frame.get("channel")
         if not isinstance(name, str):
             self.refuse(ErrorCode.INVALID_FRAME, "channel: expected a channel name", ref=ref)
             return None
         try:
-            return names.check_channel(name)
+            names.check_channel(name)
         except ProtocolError as exc:
             self.refuse(ErrorCode.INVALID_CHANNEL, exc.detail, name[:140], ref)
             return None
+        if action is None:
+            return name
+        grant = self._grant
+        if not (grant.may_publish(name) if action == "publish" else grant.may_subscribe(name)):
+            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to {action} to {name!r}", name, ref)
+            return None
+        return name
 
     def _subscribe(self, frame: dict[str, Any], ref: str) -> None:
-        name = self._channel_of(frame, ref)
+        name = self._channel_of(frame, ref, "subscribe")
         if name is None:
-            return
-        if not self._grant.may_subscribe(name):
-            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to subscribe to {name!r}", name, ref)
             return
         start, presence = frame.get("from"), frame.get("presence", False)
         if not (start is None or isinstance(start, str)) or not isinstance(presence, bool):
@@ -273,11 +256,8 @@ class MultiplexConnection(Connection):
         self.reply(frames.unsubscribed(name, ref))
 
     def _publish(self, frame: dict[str, Any], ref: str) -> None:
-        name = self._channel_of(frame, ref)
+        name = self._channel_of(frame, ref, "publish")
         if name is None:
-            return
-        if not self._grant.may_publish(name):
-            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to publish to {name!r}", name, ref)
             return
         key = frame.get("key")
         if "data" not in frame or not (key is None or (isinstance(key, str) and valid_idempotency_key(key))):
@@ -285,10 +265,7 @@ class MultiplexConnection(Connection):
                 ErrorCode.INVALID_FRAME, f"data: expected JSON; key: {IDEMPOTENCY_KEY_RULE}", name, ref
             )
             return
-        if self._limit is not None and not self._limit.take():
-            metrics.RATE_LIMITED.inc()
-            self.report(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down", name, ref)
-            self._pause = self._limit.delay()  # read no faster than allowed: backpressure
+        if self.over_rate(name, ref):
             return
         data = _json_text(frame["data"])
         max_bytes = self._relay.settings.max_message_bytes
@@ -301,7 +278,7 @@ class MultiplexConnection(Connection):
         if data is None or refusal is not None:
             self.refuse(ErrorCode.INVALID_FRAME, f"data: {refusal}", name, ref)
             return
-        stored = self._relay.publisher.submit(name, data, key)
+        stored = self._publisher.submit(name, data, key)
         self.reply_later(stored, lambda done: self._acked(name, done, ref))
 
     def _acked(self, name: str, receipt: asyncio.Future[Receipt], ref: str) -> str:
@@ -314,11 +291,8 @@ class MultiplexConnection(Connection):
             return self.error_text(ErrorCode.UNAVAILABLE, detail, name, ref)
 
     def _presence(self, frame: dict[str, Any], ref: str) -> None:
-        name = self._channel_of(frame, ref)
+        name = self._channel_of(frame, ref, "subscribe")
         if name is None:
-            return
-        if not self._grant.may_subscribe(name):
-            self.refuse(ErrorCode.FORBIDDEN, f"the token does not allow to subscribe to {name!r}", name, ref)
             return
         listing = self._track(self._relay.presence.clients(name))
         self.reply_later(listing, lambda done: self._listed(name, done, ref))
@@ -372,6 +346,15 @@ class MultiplexConnection(Connection):
         return None
 
     async def write(self) -> None:
+        """Serve replies and subscriptions until closing; then send the replies still owed (a
+        publish read before the close is answered, as on ``/ws/producer``)."""
+        await self._serve()
+        while self.has_replies and not self.gone:
+            await self.send_replies()
+            if self.has_replies:
+                await self.wait_for_first_reply()
+
+    async def _serve(self) -> None:
         out = self.out
         backoff: Backoff | None = None
         while not self.closing:
@@ -400,8 +383,9 @@ class MultiplexConnection(Connection):
             if batch:
                 await out.send(batch)
                 metrics.DELIVERED.inc(len(batch))
-                self._enqueue(state)  # more may follow: after the others' turn
                 await asyncio.sleep(0)  # as on /ws/consumer: a shared page must not hold the loop
+            if batch or sub.behind:
+                self._enqueue(state)  # more may follow: after the others' turn
             else:
                 self._idle.append(state)
 

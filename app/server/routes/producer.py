@@ -19,11 +19,11 @@ from starlette.websockets import WebSocket
 
 from app import metrics
 from app.errors import StorageError
-from app.ingest.checks import RateLimit, json_refusal, utf8_length_exceeds
+from app.ingest.checks import json_refusal, utf8_length_exceeds
 from app.ingest.publisher import Publisher, Receipt
 from app.protocol import frames
 from app.protocol.codes import Close, ErrorCode
-from app.server.connection import Connection
+from app.server.publishing import PublishingConnection
 from app.server.routes.common import DRAINING_DETAIL, admit, relay_of
 from app.settings import Settings
 
@@ -41,7 +41,7 @@ async def serve(websocket: WebSocket, channel: str) -> None:
         await connection.run()
 
 
-class ProducerConnection(Connection):
+class ProducerConnection(PublishingConnection):
     role = "producer"
     reads_on_arrival = False  # producers are busy: one reader loop, no task per arrival
 
@@ -49,13 +49,9 @@ class ProducerConnection(Connection):
         "_idle",
         "_idle_timeout",
         "_last_frame",
-        "_limit",
         "_loop",
         "_max_bytes",
-        "_pause",
-        "_publisher",
         "_render",
-        "_window",
     )
 
     def __init__(
@@ -67,32 +63,13 @@ class ProducerConnection(Connection):
         *,
         expires: float | None = None,
     ) -> None:
-        super().__init__(websocket, channel, expires=expires)
-        self._publisher = publisher
-        self._window = settings.producer_window
+        super().__init__(websocket, channel, publisher, settings, expires=expires)
         self._max_bytes = settings.max_message_bytes
-        self._limit = (
-            RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
-        )
         self._idle_timeout = settings.producer_idle_timeout or None
-        self._pause = 0.0  # seconds to wait before reading on (after a frame over the rate)
         self._loop = asyncio.get_running_loop()
         self._last_frame = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
         self._render = self._settled  # bound once: one reply per frame
-
-    def reading_held(self) -> bool:
-        """Read no further while the rate says wait, the window is full, or Redis is behind."""
-        return bool(self._pause) or self.queued_replies >= self._window or self._publisher.full
-
-    async def ready_to_read(self) -> None:
-        if self._pause:
-            pause, self._pause = self._pause, 0.0
-            await asyncio.sleep(pause)
-        elif self.queued_replies >= self._window:
-            await self.wait_for_reply_room(self._window)
-        elif self._publisher.full:
-            await self._publisher.wait_for_room()  # all producers together wait for Redis
 
     def on_frame(self, message: Message) -> None:
         self._last_frame = self._loop.time()
@@ -104,12 +81,7 @@ class ProducerConnection(Connection):
         elif utf8_length_exceeds(text, self._max_bytes):
             metrics.ERRORS.labels(ErrorCode.TOO_LARGE).inc()
             self.request_close(Close.TOO_BIG, f"frame over RELAY_MAX_MESSAGE_BYTES ({self._max_bytes})")
-        elif self._limit is not None and not self._limit.take():
-            metrics.RATE_LIMITED.inc()
-            # not a bad frame: the pause below answers a fast producer, not the flood rule
-            self.report(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down")
-            self._pause = self._limit.delay()  # read no faster than allowed: backpressure
-        else:
+        elif self._limit is None or not self.over_rate():  # the check inline: a frame each
             self._publish(text)
 
     def _publish(self, text: str) -> None:
