@@ -171,21 +171,39 @@ def publish(channel: str, message: str | None, url: str, token: str | None, atte
 
 
 @main.command()
-@click.argument("channel")
+@click.argument("channels", metavar="CHANNEL...", nargs=-1, required=True)
 @_URL
 @_TOKEN
-@click.option("--from", "from_", default=None, help="Start after this id; 0 for everything retained.")
-@click.option("--group", default=None, help="Consume as a member of this consumer group (acks each line).")
-@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many messages.")
+@click.option(
+    "--from",
+    "from_",
+    envvar="RELAY_FROM",
+    default=None,
+    help="Start after this id; 0 for everything retained  [env RELAY_FROM]",
+)
+@click.option(
+    "--group",
+    envvar="RELAY_GROUP",
+    default=None,
+    help="Consume as a member of this consumer group (acks each line; one channel)  [env RELAY_GROUP]",
+)
+@click.option(
+    "--count",
+    envvar="RELAY_COUNT",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many messages  [env RELAY_COUNT]",
+)
 @click.option(
     "--give-up",
+    envvar="RELAY_GIVE_UP",
     type=click.FloatRange(0),
     default=30.0,
     show_default=True,
-    help="Exit 3 after this many seconds without a connection (0: never).",
+    help="Exit 3 after this many seconds without a connection (0: never)  [env RELAY_GIVE_UP]",
 )
 def tail(
-    channel: str,
+    channels: tuple[str, ...],
     url: str,
     token: str | None,
     from_: str | None,
@@ -193,15 +211,41 @@ def tail(
     count: int | None,
     give_up: float,
 ) -> None:
-    """Print CHANNEL's messages as NDJSON, following it; reconnects and resumes by itself.
+    """Print the messages of each CHANNEL as NDJSON, following them; reconnects and resumes by itself.
 
-    Each line is {"id", "channel", "data"} (and "delivery" with --group); a gap in the channel is
-    a line {"gap": {"from", "next"}}. Exit status: 0 after --count messages, 2 when refused,
-    3 when the relay stays unreachable, 130 on Ctrl-C.
+    Each line is {"id", "channel", "data"} (and "delivery" with --group). A gap in the channel is
+    a line {"gap": {"from", "next"}}; with several channels, {"channel", "gap": {"from", "next"}}.
+    Several channels are followed over one /ws connection, each resumed after its last message;
+    --from applies to each, --count counts them all. Exit status: 0 after --count messages,
+    2 when refused, 3 when the relay stays unreachable, 130 on Ctrl-C.
     """
     from app.client import commands
 
-    _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None, token), url)
+    unique = tuple(dict.fromkeys(channels))
+    if len(unique) > 1 and group is not None:
+        raise click.UsageError(f"--group follows one channel, got {len(unique)}")
+    if len(unique) == 1:
+        (channel,) = unique
+        _client_command(lambda: commands.tail(url, channel, from_, group, count, give_up or None, token), url)
+    else:
+        _client_command(lambda: commands.tail_many(url, unique, from_, count, give_up or None, token), url)
+
+
+@main.command()
+@click.argument("channel")
+@_URL
+@_TOKEN
+def presence(channel: str, url: str, token: str | None) -> None:
+    """Print the clients present on CHANNEL, on every instance, as one JSON line:
+    {"channel", "clients": [{"client", "user", "info"}, ...]}.
+
+    A client is present while it has a subscription on CHANNEL over /ws. Exit status: 0 printed,
+    2 refused (a bad channel, a token that may not subscribe to it), 3 the relay unreachable or
+    unavailable.
+    """
+    from app.client import commands
+
+    _client_command(lambda: commands.presence(url, channel, token), url)
 
 
 @main.command()

@@ -233,8 +233,8 @@ class PresenceStore(Protocol):
         """Apply the changes in order, each announced once made, in one round trip. Applying one
         twice does no harm (a join sets the entry, a leave removes it; the frame goes out again)."""
 
-    async def presence_list(self, channel: str) -> list[str]:
-        """The entries of the channel whose process's heartbeat lives (JSON text each)."""
+    async def presence_list(self, channel: str) -> dict[str, str]:
+        """The entries of the channel whose process's heartbeat lives: client id -> entry (JSON)."""
 
     async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
         """Keep the process ``boot`` (instance ``name``) alive for ``ttl_ms``; False when its

@@ -215,12 +215,12 @@ class RedisBroker:
             )
         await checked(pipe.execute(), "presence_change")
 
-    async def presence_list(self, channel: str) -> list[str]:
+    async def presence_list(self, channel: str) -> dict[str, str]:
         key = self._keys.presence(channel)
         entries: dict[str, str] = await checked(self._read.hgetall(key), "presence_list")  # type: ignore[arg-type]
         boots = sorted({client.partition(".")[0] for client in entries})
         if not boots:
-            return []
+            return {}
         pipe = self._read.pipeline(transaction=False)
         for boot in boots:
             pipe.exists(self._keys.present(boot))
@@ -230,7 +230,7 @@ class RedisBroker:
         dead = [client for client in entries if client.partition(".")[0] not in alive]
         if dead:  # their process died without a word: tidy up (harmless if it raced a late join)
             await checked(self._read.hdel(key, *dead), "presence_list")
-        return [entry for client, entry in entries.items() if client.partition(".")[0] in alive]
+        return {client: entry for client, entry in entries.items() if client.partition(".")[0] in alive}
 
     async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
         key = self._keys.present(boot)

@@ -13,15 +13,23 @@
     async with Producer("http://127.0.0.1:8080", "orders") as producer:
         entry_id = await producer.publish({"order": 17})
 
+    async with Relay("http://127.0.0.1:8080") as relay:  # one socket, many channels
+        orders = await relay.subscribe("orders", from_="0")
+        entry_id = await relay.publish("invoices", {"order": 17})
+        async for event in orders:  # Message | Gap | Join | Leave
+            ...
+
 :class:`Consumer` (:mod:`app.client.consumer`) reconnects and resumes after the last message it
 yielded; :class:`Producer` (:mod:`app.client.producer`) posts each message with an idempotency
-key, so a retried one is stored once. ``relay publish``, ``relay tail`` and ``relay channels``
-(:mod:`app.client.commands`) are built on them. The client knows the relay only through
+key, so a retried one is stored once; :class:`Relay` (:mod:`app.client.multiplex`) does both for
+any number of channels over one ``/ws`` connection. ``relay publish``, ``relay tail``,
+``relay presence`` and ``relay channels`` (:mod:`app.client.commands`) are built on them. The client knows the relay only through
 :mod:`app.protocol`, as any other client would.
 """
 
 from app.client.consumer import MAX_FRAME, Consumer, Gap, Message
-from app.client.errors import ClientError, NotStored, Unreachable
+from app.client.errors import ClientError, NotStored, Refused, Unreachable
+from app.client.multiplex import Join, Leave, Relay, Subscription
 from app.client.producer import Producer
 from app.client.urls import http_url, websocket_url
 from app.protocol.codes import RETRY_CLOSES as RETRY_CLOSE_CODES
@@ -34,9 +42,14 @@ __all__ = [
     "ClientError",
     "Consumer",
     "Gap",
+    "Join",
+    "Leave",
     "Message",
     "NotStored",
     "Producer",
+    "Refused",
+    "Relay",
+    "Subscription",
     "Unreachable",
     "http_url",
     "websocket_url",

@@ -60,10 +60,13 @@ class Silent(TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Messages after ``after`` and before ``next`` were removed by retention before delivery."""
+    """Messages after ``after`` and before ``next`` were removed by retention before delivery.
+
+    ``channel`` names the channel they were on (None only when made without one)."""
 
     after: str
     next: str
+    channel: str | None = None
 
 
 class Consumer:
@@ -171,7 +174,7 @@ class Consumer:
                 OSError,
                 TimeoutError,  # Silent included
             ) as exc:
-                reason = _retryable(exc)
+                reason = retry_reason(exc)
                 log.warning("%s; reconnecting", reason)
             finally:
                 self._ws = None
@@ -184,26 +187,7 @@ class Consumer:
             await self._backoff.wait()
 
     async def _recv(self, ws: ClientConnection) -> str | bytes:
-        """The next frame; raises :class:`Silent` when the relay sends nothing for ``keepalive``."""
-        if self.keepalive is None:
-            return await ws.recv()
-        while True:
-            try:
-                async with asyncio.timeout(self.keepalive / 2):
-                    return await ws.recv()  # cancelling recv() loses nothing
-            except TimeoutError:
-                pass
-            pong = asyncio.ensure_future(await ws.ping())  # a future already: typed as one
-            frame = asyncio.ensure_future(ws.recv())
-            await asyncio.wait((frame, pong), timeout=self.keepalive / 3, return_when=asyncio.FIRST_COMPLETED)
-            if frame.done():
-                return frame.result()
-            frame.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await frame
-            if not pong.done():
-                raise Silent(f"the relay sent nothing for {self.keepalive * 5 / 6:g}s, not even a pong")
-            pong.result()  # ConnectionClosed if it closed meanwhile
+        return await receive(ws, self.keepalive)
 
     async def _await_subscribed(self, ws: ClientConnection) -> None:
         first = json.loads(await self._recv(ws))
@@ -229,14 +213,39 @@ class Consumer:
                     self._unacked = message.id
                 yield message
             elif kind == "gap":
-                yield Gap(frame["from"], frame["next"])
+                yield Gap(frame["from"], frame["next"], self.channel)
             elif kind == "error" and frame.get("code") not in NOT_FATAL:
                 raise ClientError(f"{frame.get('code')}: {frame.get('detail')}")
             elif kind == "error":
                 log.warning("relay: %s: %s", frame.get("code"), frame.get("detail"))
 
 
-def _retryable(exc: Exception) -> str:
+async def receive(ws: ClientConnection, keepalive: float | None) -> str | bytes:
+    """The next frame; raises :class:`Silent` when the relay sends nothing for ``keepalive``
+    (the module's docstring says how it pings). Shared by :class:`Consumer` and
+    :class:`app.client.multiplex.Relay`."""
+    if keepalive is None:
+        return await ws.recv()
+    while True:
+        try:
+            async with asyncio.timeout(keepalive / 2):
+                return await ws.recv()  # cancelling recv() loses nothing
+        except TimeoutError:
+            pass
+        pong = asyncio.ensure_future(await ws.ping())  # a future already: typed as one
+        frame = asyncio.ensure_future(ws.recv())
+        await asyncio.wait((frame, pong), timeout=keepalive / 3, return_when=asyncio.FIRST_COMPLETED)
+        if frame.done():
+            return frame.result()
+        frame.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await frame
+        if not pong.done():
+            raise Silent(f"the relay sent nothing for {keepalive * 5 / 6:g}s, not even a pong")
+        pong.result()  # ConnectionClosed if it closed meanwhile
+
+
+def retry_reason(exc: Exception) -> str:
     """Why the connection ended, if trying again may succeed; else raise ClientError."""
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code

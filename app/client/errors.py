@@ -4,7 +4,8 @@
 
     ClientError          the relay refused what the client asked, for good
      ├── NotStored       the relay stayed unavailable: the message is not known to be stored
-     └── Unreachable     no connection for longer than the caller allows
+     ├── Unreachable     no connection for longer than the caller allows
+     └── Refused         an ``error`` reply on ``/ws``: its ``code``, ``detail`` and ``channel``
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ class NotStored(ClientError):
 
 class Unreachable(ClientError):
     """No connection to the relay could be made for longer than the caller allows."""
+
+
+class Refused(ClientError):
+    """The relay answered a frame on ``/ws`` with an ``error``: ``code`` (an
+    :class:`app.protocol.codes.ErrorCode` value), ``detail``, and the ``channel`` it names, if any."""
+
+    def __init__(self, code: str, detail: str, channel: str | None = None) -> None:
+        super().__init__(
+            f"{code}: {detail}" if channel is None else f"{code}: {detail} (channel {channel!r})"
+        )
+        self.code = code
+        self.detail = detail
+        self.channel = channel
 
 
 def error_of(response: httpx2.Response) -> str:

@@ -4,7 +4,8 @@
   starts, so ids never repeat across instances or restarts, and every entry says whose it is.
 - **Writes**: :meth:`Presence.join` and :meth:`Presence.leave` only queue a change; one writer task
   sends whatever is queued in one round trip, in order, and on failure keeps it and tries again
-  with backoff (a change applied twice does no harm). A leave waits for nothing but Redis.
+  with backoff (a change applied twice does no harm). A leave waits for nothing but Redis. A list
+  made here counts what is still queued, so a connection sees its own join at once.
 - **Heartbeat**: ``relay:present:<boot>`` is set every third of ``RELAY_PRESENCE_TTL`` and expires
   after it: one command per beat, however many connections. The writer sends nothing before the
   first beat went through, or another instance's list would take the entries for a dead
@@ -69,8 +70,17 @@ class Presence:
             self._change(PresenceChange(channel, client, entry, frames.left(channel, entry), join=False))
 
     async def clients(self, channel: str) -> list[str]:
-        """Every entry on the channel, on every instance; raises BrokerError."""
-        return await self._store.presence_list(channel)
+        """Every entry on the channel, on every instance; raises BrokerError. The changes of this
+        process not written yet count as made: a connection that subscribed, then asks, is listed."""
+        present = await self._store.presence_list(channel)
+        for change in self._queue:
+            if change.channel != channel:
+                continue
+            if change.join:
+                present[change.client] = change.entry
+            else:
+                present.pop(change.client, None)
+        return list(present.values())
 
     @property
     def queued(self) -> int:

@@ -155,17 +155,17 @@ class MultiplexConnection(PublishingConnection):
             self.refuse(ErrorCode.INVALID_FRAME, f"expected a JSON object, got {type(frame).__name__}")
             return
         ref = _ref_of(frame.get("ref"))
-        if ref is None:
-            self.refuse(
-                ErrorCode.INVALID_FRAME,
-                f"ref: expected a string of at most {MAX_REF} characters or an integer",
-            )
-            return
         kind = frame.get("type")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            shown = str(kind)[:40]
-            self.refuse(ErrorCode.INVALID_FRAME, f"unknown type {shown!r}: expected {FRAME_TYPES}", ref=ref)
+        if ref is None or handler is None:
+            named = frame.get("channel")
+            named = named[:140] if isinstance(named, str) else None  # said back, escaped
+            if ref is None:
+                detail = f"ref: expected a string of at most {MAX_REF} characters or an integer"
+                self.refuse(ErrorCode.INVALID_FRAME, detail, named)
+            else:
+                detail = f"unknown type {str(kind)[:40]!r}: expected {FRAME_TYPES}"
+                self.refuse(ErrorCode.INVALID_FRAME, detail, named, ref)
         elif self.closing:
             self.report(ErrorCode.UNAVAILABLE, DRAINING_DETAIL, ref=ref)
         else:
