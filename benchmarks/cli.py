@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from benchmarks import report, session
-from benchmarks.scenarios import DEFAULT, SCENARIOS
+from benchmarks.scenarios import DEFAULT, FULL, QUICK, SCENARIOS, with_sizes
 
 _HELP = f"""Benchmark a relay deployment (or local instances it starts) beside two baselines.
 
@@ -37,6 +37,20 @@ def _relay_env(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"expected RELAY_NAME=VALUE, got {value!r}", param_hint="--relay-env")
         env[key] = setting
     return env
+
+
+def _sizes(values: tuple[str, ...], quick: bool) -> dict[str, str]:
+    sizes = {}
+    for value in values:
+        name, sep, size = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected NAME=VALUE, got {value!r}", param_hint="--param")
+        sizes[name] = size
+    try:
+        with_sizes(QUICK if quick else FULL, sizes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+    return sizes
 
 
 def _scenarios(names: tuple[str, ...]) -> list[str]:
@@ -100,7 +114,14 @@ def _scenarios(names: tuple[str, ...]) -> list[str]:
     metavar="RELAY_X=V",
     help="A setting for spawned relay instances (repeatable).",
 )
-def main(names: tuple[str, ...], urls: tuple[str, ...], redis_url: str, server_pids: tuple[int, ...], spawn: int | None, no_baselines: bool, workers: int, quick: bool, json_path: Path | None, relay_env: tuple[str, ...]) -> None:  # fmt: skip
+@click.option(
+    "--param",
+    "sizes",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A scenario size instead of its default (repeatable), e.g. mux_sockets=400; names in the README.",
+)
+def main(names: tuple[str, ...], urls: tuple[str, ...], redis_url: str, server_pids: tuple[int, ...], spawn: int | None, no_baselines: bool, workers: int, quick: bool, json_path: Path | None, relay_env: tuple[str, ...], sizes: tuple[str, ...]) -> None:  # fmt: skip
     if urls and spawn is not None:
         raise click.UsageError("--url and --spawn exclude each other")
     bad = [u for u in urls if not u.startswith("ws://")]
@@ -116,6 +137,7 @@ def main(names: tuple[str, ...], urls: tuple[str, ...], redis_url: str, server_p
         workers=workers,
         quick=quick,
         relay_env=_relay_env(relay_env),
+        sizes=_sizes(sizes, quick),
     )
     _raise_file_limit()
     try:

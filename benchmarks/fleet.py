@@ -39,6 +39,7 @@ class WorkerProcess:
         self.plan = plan
         self.process = process
         loop = asyncio.get_running_loop()
+        self.producers: asyncio.Future[dict[str, Any]] = loop.create_future()  # producers_first only
         self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.produced: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -58,7 +59,7 @@ class WorkerProcess:
                 continue
             self._dispatch(event)
         gone = WorkerFailed(f"loadgen worker {self.plan.index} exited ({self.process.returncode})")
-        for future in (self.ready, self.produced, self.result):
+        for future in (self.producers, self.ready, self.produced, self.result):
             if not future.done():
                 future.set_exception(gone)
                 future.exception()  # marks it retrieved: not every phase is always awaited
@@ -67,6 +68,9 @@ class WorkerProcess:
         kind = event.pop("event", None)
         if kind == "progress":
             self.progress = event
+        elif kind == "producers" and not self.producers.done():
+            self.progress = event
+            self.producers.set_result(event)
         elif kind == "ready" and not self.ready.done():
             self.progress = event
             self.ready.set_result(event)
@@ -125,6 +129,10 @@ class Fleet:
         line = name.encode() if payload is None else name.encode() + b" " + orjson.dumps(payload)
         for worker in self.workers:
             worker.send(line)
+
+    async def producers_up(self, within: float) -> list[dict[str, Any]]:
+        """(``producers_first``) every worker's producers are connected; ``CONNECT`` goes on."""
+        return await self._all("producers", within)
 
     async def ready(self, within: float) -> list[dict[str, Any]]:
         return await self._all("ready", within)

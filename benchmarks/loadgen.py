@@ -3,7 +3,9 @@
 It connects the consumers and producers of its ``WorkerPlan`` and follows the line protocol of
 ``benchmarks.plan``. The per-message work is kept to a regex over the frame's bytes (``seq`` and
 ``ts``), a clock read, a histogram increment and an order check; everything else is counted per
-group and reported once, at the end.
+group and reported once, at the end. A consumer is one subscription: on its own connection
+(``/ws/consumer/C``), or one of several sharing a ``/ws`` connection (``Multiplexed``), which hands
+each frame to the consumer of the channel it names (one more regex).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.histogram import Histogram
 from benchmarks.plan import GroupPlan, ProducerPlan, WorkerPlan
 
 _SEQ_TS = re.compile(rb'"seq":\s*(\d+),\s*"ts":\s*([0-9.]+)').search
+_CHANNEL = re.compile(rb'"channel":\s*"([^"]*)"').search  # the first: a frame's own, before its data
 _PAYLOAD = wire.PAYLOAD
 _ERROR_REPLY = b'{"type":"error"'
 _MAX_ERRORED = 10_000  # seqs of refused messages kept per producer
@@ -126,12 +129,7 @@ class Consumer:
             self.caught_up_ms = now
 
     def _control(self, data: bytes) -> None:
-        kind = None
-        if self.relay_frames and data.startswith(b"{"):
-            try:
-                kind = orjson.loads(data).get("type")
-            except orjson.JSONDecodeError:
-                kind = None
+        kind = _frame_type(data) if self.relay_frames else None
         if kind == "subscribed":
             if not self.subscribed.done():
                 self.subscribed.set_result(None)
@@ -139,12 +137,53 @@ class Consumer:
             self.gaps += 1
         elif kind == "error":
             self.errors += 1
+            if not self.subscribed.done():  # a refused subscription: fail now, not at the timeout
+                self.subscribed.set_exception(Refused(data[:200].decode(errors="replace")))
         else:
             self.group.foreign += 1
 
     @property
     def dropped(self) -> bool:
         return self.connection is not None and self.connection.closed.done()
+
+
+def _frame_type(data: bytes) -> Any:
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return frame.get("type") if isinstance(frame, dict) else None
+
+
+class Refused(Exception):
+    """The relay answered a subscription with an ``error`` frame."""
+
+
+class Multiplexed:
+    """The frames of one ``/ws`` connection, to the consumers of its subscriptions by channel."""
+
+    def __init__(self, consumers: list[Consumer], group: GroupStats) -> None:
+        self.by_channel = {c.channel.encode(): c for c in consumers}
+        self.group = group
+        self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_text(self, data: bytes) -> None:
+        match = _CHANNEL(data)
+        consumer = None if match is None else self.by_channel.get(match[1])
+        if consumer is not None:
+            consumer.on_text(data)
+        elif _frame_type(data) == "connected":
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+        else:
+            self.group.foreign += 1
+
+    def subscribe(self, connection: wsclient.WsConnection) -> None:
+        """A ``subscribe`` frame per consumer, all at once (each names its ``ref``), live from now."""
+        for ref, channel in enumerate(self.by_channel):
+            frame = {"type": "subscribe", "channel": channel.decode(), "ref": ref}
+            connection.send_text(orjson.dumps(frame))
+        connection.flush()
 
 
 class ProducerStats:
@@ -280,11 +319,16 @@ class Worker:
         gate = asyncio.Semaphore(stats.plan.concurrency)
         stats.started_ms = now_ms()
 
-        async def one(consumer: Consumer) -> None:
-            async with gate:
-                await self._open_consumer(consumer, stats)
+        multiplex = stats.plan.multiplex
 
-        await asyncio.gather(*(one(c) for c in consumers))
+        async def one(start: int) -> None:
+            async with gate:
+                if multiplex:
+                    await self._open_multiplexed(consumers[start : start + multiplex], stats)
+                else:
+                    await self._open_consumer(consumers[start], stats)
+
+        await asyncio.gather(*(one(start) for start in range(0, len(consumers), multiplex or 1)))
         stats.connected_ms = now_ms()
 
     async def _open_consumer(self, consumer: Consumer, stats: GroupStats) -> None:
@@ -295,12 +339,39 @@ class Worker:
             consumer.connection = await wsclient.connect(consumer.url, consumer.on_text, timeout)
             if self.plan.relay_frames:
                 await asyncio.wait_for(consumer.subscribed, timeout)
-        except (OSError, TimeoutError, wsclient.HandshakeFailed, ValueError) as exc:
+        except (OSError, TimeoutError, wsclient.HandshakeFailed, ValueError, Refused) as exc:
             stats.failure(f"{consumer.url}: {type(exc).__name__}: {exc}")
             if consumer.connection is not None:
                 consumer.connection.abort()
             consumer.connection = None
             return
+        stats.connect.add((time.perf_counter() - started) * 1000.0)
+
+    async def _open_multiplexed(self, consumers: list[Consumer], stats: GroupStats) -> None:
+        """One ``/ws`` connection: its ``connected`` frame, then every subscription answered."""
+        started = time.perf_counter()
+        mux = Multiplexed(consumers, stats)
+        connection: wsclient.WsConnection | None = None
+        timeout = self.plan.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await wsclient.connect(consumers[0].url, mux.on_text, timeout)
+                await mux.welcomed
+                for consumer in consumers:
+                    consumer.since_ms = now_ms()
+                mux.subscribe(connection)
+                answers = await asyncio.gather(*(c.subscribed for c in consumers), return_exceptions=True)
+            refused = next((a for a in answers if isinstance(a, BaseException)), None)
+            if refused is not None:
+                raise refused
+        except (OSError, TimeoutError, wsclient.HandshakeFailed, ValueError, Refused) as exc:
+            for consumer in consumers:
+                stats.failure(f"{consumer.url} {consumer.channel}: {type(exc).__name__}: {exc}")
+            if connection is not None:
+                connection.abort()
+            return
+        for consumer in consumers:
+            consumer.connection = connection
         stats.connect.add((time.perf_counter() - started) * 1000.0)
 
     async def connect_producers(self) -> None:
@@ -478,6 +549,26 @@ async def _next_command(commands: asyncio.StreamReader) -> tuple[str, bytes]:
     return name.decode(), rest
 
 
+async def _await_command(commands: asyncio.StreamReader, wanted: str) -> None:
+    for _ in range(1000):
+        name, _rest = await _next_command(commands)
+        if name == wanted:
+            return
+
+
+async def _connect(worker: Worker, commands: asyncio.StreamReader) -> None:
+    """The consumers that connect before ``GO``, and the producers (first, with ``producers_first``)."""
+    if worker.plan.producers_first:  # the parent reads the servers in between: growth is the consumers'
+        await worker.connect_producers()
+        emit("producers", **worker.progress())
+        await _await_command(commands, wire.CONNECT)
+    for index, group in enumerate(worker.plan.groups):
+        if group.connect_after_s is None:
+            await worker.connect_group(index)
+    if not worker.plan.producers_first:
+        await worker.connect_producers()
+
+
 async def run() -> None:
     commands = await _commands()
     plan = WorkerPlan.from_json(await commands.readline())
@@ -488,10 +579,7 @@ async def run() -> None:
         os._exit(3)
 
     asyncio.get_running_loop().call_later(plan.deadline_s, hard_deadline)
-    for index, group in enumerate(plan.groups):
-        if group.connect_after_s is None:
-            await worker.connect_group(index)
-    await worker.connect_producers()
+    await _connect(worker, commands)
     emit("ready", **worker.progress(), failures=worker.failures())
     progress = asyncio.create_task(worker.report_progress())
     for _ in range(1000):  # a handful of commands make a run

@@ -6,13 +6,14 @@ line; the worker writes events to its standard output, one JSON object a line:
 =========================  ==================================================================
 worker → parent            when
 =========================  ==================================================================
+``producers``              (``producers_first`` only) its producers are connected; it waits for ``CONNECT``
 ``ready``                  its initial consumers and every producer are connected (or failed)
 ``progress``               every ``progress_s`` (every 0.1 s once ``EXPECT`` arrived)
 ``produced``               its producers have finished and their acks are in (or timed out)
 ``result``                 after ``FINISH`` (or at the hard deadline): every figure it has
 =========================  ==================================================================
 
-Commands: ``GO`` (start producing; deferred consumer groups connect after their delay),
+Commands: ``CONNECT`` (``producers_first`` only: connect the consumers now), ``GO`` (start producing; deferred consumer groups connect after their delay),
 ``STOP`` (stop producing now), ``EXPECT <json>`` (what each channel should have delivered:
 ``{channel: {"last": seq, "errored": [seq, ...]}}``), ``FINISH`` (report and exit). A worker whose
 standard input closes exits at once; one that reaches ``deadline_s`` reports and exits by itself.
@@ -27,6 +28,7 @@ import orjson
 
 PAYLOAD = b'{"seq":%d,"ts":%.3f,"pad":"%s"}'  # % (seq, wall-clock ms, padding): about 100 bytes
 
+CONNECT = "CONNECT"
 GO = "GO"
 STOP = "STOP"
 EXPECT = "EXPECT"
@@ -38,10 +40,13 @@ class GroupPlan:
     """Consumers measured together (e.g. "live" and "storm" in resume-storm)."""
 
     name: str
-    consumers: list[tuple[str, str]]  # (url, channel) per connection
+    consumers: list[tuple[str, str]]  # (url, channel) per subscription
     first_seq: int = 0  # the first seq each consumer must receive
     connect_after_s: float | None = None  # None: before ``ready``; else this long after ``GO``
     concurrency: int = 128  # handshakes in flight at once
+    # 0: each consumer is a connection of its own (``/ws/consumer/C``); N: each run of N consecutive
+    # consumers (one URL: ``/ws``) is one connection, subscribing to each one's channel
+    multiplex: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class WorkerPlan:
     ack_timeout_s: float = 5.0
     progress_s: float = 1.0
     pad: int = 54  # payload padding: about 100 bytes in all
+    producers_first: bool = False  # connect the producers, report ``producers``, consumers on ``CONNECT``
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))

@@ -1,4 +1,5 @@
-"""The results: one row per (target, scenario), the relay ÷ baseline ratios, and the JSON document."""
+"""The results: one row per (target, scenario), the relay ÷ baseline ratios, the ratios of rows of one
+target that compare two ways of doing the same thing (M1), and the JSON document."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Row:
     redis_conns: int | None = None  # Redis connections added while the clients were connected
     loadgen_cpu_pct: float | None = None  # the busiest loadgen worker, % of one core
     notes: list[str] = field(default_factory=list)
+    versus: str | None = None  # another scenario row of this target this one is divided by (M1)
 
 
 @dataclass
@@ -108,6 +110,12 @@ def render(results: list[ScenarioResult]) -> str:
     if ratios:
         parts.append("\nrelay ÷ baseline (same run; < 1 means the relay uses less / is lower):")
         parts.append(_table(["scenario", "baseline", *(t for t, _ in _RATIOS), "note"], ratios))
+    versus = versus_lines(rows)
+    if versus:
+        parts.append(
+            "\nwithin a target (same run, same instances; < 1 means the first uses less / is lower):"
+        )
+        parts.append(_table(["target", "scenario", "÷ scenario", *(t for t, _ in _RATIOS)], versus))
     parts.extend(_footnotes(rows))
     return "\n".join(parts)
 
@@ -174,6 +182,27 @@ def ratio_lines(rows: list[Row]) -> list[list[str]]:
         cells.append("queue semantics: not like for like" if entry["baseline"].startswith("queue") else "")
         lines.append(cells)
     return lines
+
+
+def versus_ratios(rows: list[Row]) -> list[dict[str, Any]]:
+    """Each row with a ``versus`` ÷ that row of the same target, where both are known."""
+    done = {(r.target, r.scenario): r for r in rows if r.status == "ok"}
+    out = []
+    for row in rows:
+        other = done.get((row.target, row.versus)) if row.versus else None
+        if other is None or row.status != "ok":
+            continue
+        figures = {attr: _ratio(getattr(row, attr), getattr(other, attr)) for _, attr in _RATIOS}
+        out.append({"target": row.target, "scenario": row.scenario, "versus": row.versus, **figures})
+    return out
+
+
+def versus_lines(rows: list[Row]) -> list[list[str]]:
+    return [
+        [entry["target"], entry["scenario"], entry["versus"]]
+        + ["n/a" if entry[a] is None else f"{entry[a]:.2f}x" for _, a in _RATIOS]
+        for entry in versus_ratios(rows)
+    ]
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -5,11 +5,13 @@
 ``S2``                    S1 in steps of doubling rate until p99, loss or the producer's rate fails
 ``S3``                    ingest: producers keeping a window of messages unacknowledged
 ``S4``                    idle consumers on the first instance: memory and Redis connections
+``M1``                    one ``/ws`` socket following many channels, against a socket per channel
 ``many-channels``         one consumer and one producer per channel, one message per channel a second
 ``resume-storm``          consumers resuming a long backlog at once while live consumers are watched
 ========================  ===========================================================================
 
-Sizes are in ``Params``: ``FULL`` by default, ``QUICK`` for a smoke test.
+Sizes are in ``Params``: ``FULL`` by default, ``QUICK`` for a smoke test, either with some
+replaced (``with_sizes``: ``--param NAME=VALUE``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final
 
 import orjson
@@ -32,7 +34,7 @@ from benchmarks.report import Row, ScenarioResult
 from benchmarks.servers import Target
 from benchmarks.trial import Load, Log, Outcome
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "many-channels", "resume-storm")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "M1", "many-channels", "resume-storm")
 DEFAULT: Final = tuple(s for s in SCENARIOS if s != "S2")  # S2 is long: only when named (or "all")
 
 
@@ -51,6 +53,11 @@ class Params:
     ingest_window: int = 64
     ingest_s: float = 10.0
     idle_consumers: int = 5000
+    mux_sockets: int = 200  # M1: /ws connections; the other mode has this times mux_per_socket
+    mux_per_socket: int = 10  # channels each /ws connection follows
+    mux_channels: int = 50
+    mux_rate: float = 500.0  # messages per second, over all the channels
+    mux_s: float = 8.0
     channels: int = 2000
     channel_rate: float = 1.0
     channels_s: float = 15.0
@@ -76,6 +83,10 @@ QUICK: Final = Params(
     ingest_window=16,
     ingest_s=2.0,
     idle_consumers=200,
+    mux_sockets=20,
+    mux_channels=10,
+    mux_rate=100.0,
+    mux_s=2.0,
     channels=100,
     channels_s=3.0,
     backlog=500,
@@ -85,6 +96,20 @@ QUICK: Final = Params(
     storm_delay_s=1.0,
     storm_max_s=20.0,
 )
+
+
+def with_sizes(base: Params, sizes: dict[str, str]) -> Params:
+    """``base`` with some of its sizes replaced by text values (``--param NAME=VALUE``)."""
+    kinds = {f.name: f.type for f in fields(Params)}
+    values: dict[str, Any] = {}
+    for name, text in sizes.items():
+        if name not in kinds:
+            raise ValueError(f"expected one of {', '.join(kinds)}, got {name!r}")
+        try:
+            values[name] = int(text) if kinds[name] == "int" else float(text)
+        except ValueError:
+            raise ValueError(f"expected {kinds[name]} for {name}, got {text!r}") from None
+    return replace(base, **values)
 
 
 @dataclass
@@ -101,22 +126,27 @@ class Context:
     async def load(self, target: Target, load: Load) -> Outcome:
         return await trial.run(load, target, self.workers, self.redis, self.log)
 
+    async def start_trial(self, target: Target, load: Load, longer_s: float) -> trial.Trial:
+        return await trial.Trial.start(load, target, self.workers, self.redis, self.log, longer_s)
+
 
 class SetupFailed(Exception):
     """A scenario's preparation (e.g. resume-storm's backlog) did not succeed."""
 
 
-Scenario = Callable[[Target, Context], Awaitable[ScenarioResult]]
+Scenario = Callable[[Target, Context], Awaitable[ScenarioResult | list[ScenarioResult]]]
 
 
-async def run(name: str, target: Target, ctx: Context) -> ScenarioResult:
+async def run(name: str, target: Target, ctx: Context) -> list[ScenarioResult]:
+    """The scenario's rows: one, or one per mode it compares (M1)."""
     scenario: Scenario = _BY_NAME[name]
     ctx.log(f"{target.name} {name}: start")
     try:
-        return await scenario(target, ctx)
+        results = await scenario(target, ctx)
     except (WorkerFailed, SetupFailed, WebSocketException, OSError, TimeoutError) as exc:
         ctx.log(f"{target.name} {name}: failed: {exc}")
-        return ScenarioResult(Row(target.name, name, status=f"failed: {exc}"))
+        return [ScenarioResult(Row(target.name, name, status=f"failed: {exc}"))]
+    return results if isinstance(results, list) else [results]
 
 
 # -- building blocks ---------------------------------------------------------------------------------
@@ -363,6 +393,93 @@ async def idle(target: Target, ctx: Context) -> ScenarioResult:
     return ScenarioResult(row, _details(outcome, connect_wall_s=seconds), outcome.workers)
 
 
+# -- M1: one /ws socket, many channels ----------------------------------------------------------------
+
+M1_MUX: Final = "M1 /ws"
+M1_SINGLE: Final = "M1 /ws/consumer"
+
+
+async def multiplexed(target: Target, ctx: Context) -> list[ScenarioResult]:
+    """The same subscriptions as ``mux_sockets`` ``/ws`` sockets and as a socket each, loaded alike.
+
+    Both sets are held connected at once, each on channels of its own: the second one's RSS growth
+    is then its own, not memory the first one freed being used again. Then each set in turn is
+    published to and closed, server CPU counted from its GO to the end of its drain: the first
+    with the other set idle, the second 2 s after the first one's connections were closed.
+    """
+    if not target.relay_frames:
+        return [ScenarioResult(Row(target.name, "M1", status="n/a: no /ws"))]
+    p = ctx.params
+    if not 1 <= p.mux_per_socket <= p.mux_channels:
+        raise SetupFailed(f"expected 1 <= mux_per_socket <= mux_channels, got {p.mux_per_socket}")
+    loads = [_m1_load(target, ctx, mux=False), _m1_load(target, ctx, mux=True)]
+    longer_s = sum(trial.bound_s(load) for load in loads)
+    trials: list[trial.Trial] = []
+    outcomes: list[Outcome] = []
+    try:
+        # a socket each first: memory earlier scenarios freed is used again by the first set, so
+        # its growth is the one that may be under-counted (never the /ws one's ratio flattered)
+        for load in loads:
+            trials.append(await ctx.start_trial(target, load, longer_s))
+            await trials[-1].connect()
+        for each in trials:
+            await asyncio.sleep(2.0)  # the servers done with the previous phase (closes included)
+            await each.measure()
+            outcomes.append(await each.finish())  # loadgen CPU% is then over this set's load alone
+            outcomes[-1].redis_conns = each.redis_added  # the peak after production counts both sets
+            await each.close()
+    finally:
+        for each in trials:
+            await each.close()
+    single, mux = outcomes
+    sockets = p.mux_sockets * p.mux_per_socket
+    return [
+        _m1_result(target, M1_MUX, mux, p.mux_sockets, versus=M1_SINGLE),
+        _m1_result(target, M1_SINGLE, single, sockets, versus=None),
+    ]
+
+
+def _m1_load(target: Target, ctx: Context, mux: bool) -> Load:
+    """``mux_sockets`` times ``mux_per_socket`` subscriptions over ``mux_channels``, evenly, a producer each."""
+    p = ctx.params
+    urls = target.urls
+    channels = [ctx.channel(target, f"m1-{'mux' if mux else 'single'}-{i}") for i in range(p.mux_channels)]
+    subscriptions = []
+    for socket in range(p.mux_sockets):  # a socket's channels are consecutive, so all different
+        url = urls[socket % len(urls)]  # the same instance in both modes: the same load per instance
+        for index in range(p.mux_per_socket):
+            channel = channels[(socket * p.mux_per_socket + index) % len(channels)]
+            subscriptions.append((f"{url}/ws" if mux else f"{url}/ws/consumer/{channel}", channel))
+    rate = p.mux_rate / len(channels)
+    producers = [
+        _producer(urls[i % len(urls)], ch, rate=rate, duration_s=p.mux_s, phase_s=(i / len(channels)) / rate)
+        for i, ch in enumerate(channels)
+    ]
+    return Load(
+        label=f"{target.name} {M1_MUX if mux else M1_SINGLE}",
+        groups=[GroupPlan("consumers", subscriptions, multiplex=p.mux_per_socket if mux else 0)],
+        producers=producers,
+        max_s=p.mux_s + 1.0 / rate + 5.0,
+        drain_s=p.fanout_drain_s,
+        producers_first=True,  # RSS growth is then the subscriptions' alone
+    )
+
+
+def _m1_result(
+    target: Target, scenario: str, outcome: Outcome, sockets: int, versus: str | None
+) -> ScenarioResult:
+    group = outcome.groups["consumers"]
+    subscriptions = group.counts["connected"]
+    row = _fanout_row(target, scenario, outcome, group)
+    row.rss_kb_per_conn = _per(outcome.server_rss_kb, subscriptions)  # per subscription
+    row.versus = versus
+    row.notes.insert(
+        0, f"{sockets:,} sockets, {subscriptions:,} subscriptions, {outcome.messages:,} messages"
+    )
+    details = _details(outcome, sockets=sockets, subscriptions=subscriptions)
+    return ScenarioResult(row, details, outcome.workers)
+
+
 # -- many channels -----------------------------------------------------------------------------------
 
 
@@ -508,6 +625,7 @@ _BY_NAME: Final[dict[str, Scenario]] = {
     "S2": max_fanout,
     "S3": ingest,
     "S4": idle,
+    "M1": multiplexed,
     "many-channels": many_channels,
     "resume-storm": resume_storm,
 }

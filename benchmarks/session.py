@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks import report, scenarios, servers
 from benchmarks.measure import RedisProbe
 from benchmarks.report import Row, ScenarioResult
-from benchmarks.scenarios import FULL, QUICK, Context
+from benchmarks.scenarios import FULL, QUICK, Context, with_sizes
 from benchmarks.servers import ServerStartFailed, Target
 
 RELAY, XREAD, QUEUE = "relay", "xread-baseline", "queue-baseline"
@@ -37,6 +37,7 @@ class Options:
     workers: int = 2
     quick: bool = False
     relay_env: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, str] = field(default_factory=dict)  # Params fields replaced (--param NAME=VALUE)
 
 
 _STARTED = time.monotonic()
@@ -53,7 +54,8 @@ async def run(options: Options) -> dict[str, Any]:
     run_id = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"benchmarks-{run_id}-"))
     probe = RedisProbe(options.redis_url)
-    ctx = Context(QUICK if options.quick else FULL, options.workers, probe, run_id, log)
+    params = with_sizes(QUICK if options.quick else FULL, options.sizes)
+    ctx = Context(params, options.workers, probe, run_id, log)
     log(f"run {run_id}: scenarios {' '.join(options.scenarios)}; server logs in {workdir} (kept on failure)")
     results: list[ScenarioResult] = []
     targets: list[Target] = []
@@ -81,7 +83,7 @@ async def run(options: Options) -> dict[str, Any]:
 async def _scenarios(target: Target, ctx: Context, options: Options) -> list[ScenarioResult]:
     results = []
     for name in options.scenarios:
-        results.append(await scenarios.run(name, target, ctx))
+        results.extend(await scenarios.run(name, target, ctx))
         await asyncio.sleep(0.2 if options.quick else 2.0)  # let the servers settle between scenarios
     return results
 
@@ -144,5 +146,6 @@ def _document(
         "targets": [asdict(t) for t in targets],
         "results": [{"target": r.row.target, "scenario": r.row.scenario, **r.to_dict()} for r in results],
         "ratios": report.ratios([r.row for r in results]),
+        "versus_ratios": report.versus_ratios([r.row for r in results]),
         "table": report.render(results),
     }

@@ -1,11 +1,15 @@
 """One measured run of load against a target, in phases, with the server and Redis figures around it.
 
-    start workers ─▶ ready (consumers and producers connected)   snapshot: RSS, Redis connections
+    start workers                                                snapshot: RSS, Redis connections
+      (``producers_first``: producers up ─▶ snapshot again ─▶ CONNECT)
+      ─▶ ready (consumers and producers connected)               snapshot: RSS, Redis connections
         GO ─▶ producers run (STOP early when ``stop_when`` says)   snapshot: server CPU
         produced ─▶ EXPECT (what each channel must deliver) ─▶ drain until complete or ``drain_s``
         FINISH ─▶ results                                          snapshot: server CPU
 
-Every phase has a timeout; the workers end by themselves at their deadline in any case.
+``run`` goes through the phases in a row; a scenario may drive ``Trial`` itself to interleave two
+(M1 keeps two sets of consumers connected at once and loads them in turn). Every phase has a
+timeout; the workers end by themselves at their deadline in any case.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class Load:
     # groups given a load-generator process of their own, with every producer: what they measure
     # is then the servers' delay, not the time the other groups keep the client busy
     separate: tuple[str, ...] = ()
+    # producers connect before the consumers, and RSS growth is counted from then: the consumers' own
+    producers_first: bool = False
 
 
 @dataclass
@@ -87,7 +93,7 @@ def _split(load: Load, target: Target, workers: int, deadline_s: float) -> list[
     shared = [g for g in load.groups if g.name not in load.separate]
     producers = [] if own else load.producers
     for index in range(workers):
-        groups = [replace(g, consumers=g.consumers[index::workers]) for g in shared]
+        groups = [_share(g, index, workers) for g in shared]
         plans.append(
             WorkerPlan(
                 index=index,
@@ -95,6 +101,7 @@ def _split(load: Load, target: Target, workers: int, deadline_s: float) -> list[
                 groups=[g for g in groups if g.consumers],
                 producers=producers[index::workers],
                 deadline_s=deadline_s,
+                producers_first=load.producers_first,
             )
         )
     if own:
@@ -105,9 +112,17 @@ def _split(load: Load, target: Target, workers: int, deadline_s: float) -> list[
                 groups=own,
                 producers=load.producers,
                 deadline_s=deadline_s,
+                producers_first=load.producers_first,
             )
         )
     return [p for p in plans if p.groups or p.producers]
+
+
+def _share(group: GroupPlan, index: int, workers: int) -> GroupPlan:
+    """Worker ``index``'s share of ``group``: every ``workers``-th connection, subscriptions and all."""
+    per = group.multiplex or 1
+    sockets = [group.consumers[i : i + per] for i in range(0, len(group.consumers), per)]
+    return replace(group, consumers=[c for socket in sockets[index::workers] for c in socket])
 
 
 def _connect_bound(load: Load) -> float:
@@ -115,54 +130,103 @@ def _connect_bound(load: Load) -> float:
     return 30.0 + connections / 50.0
 
 
-async def run(load: Load, target: Target, workers: int, redis: RedisProbe, log: Log) -> Outcome:
-    connect_s = _connect_bound(load)
+def bound_s(load: Load) -> float:
+    """The longest a trial of ``load`` may take, every phase at its timeout."""
     deferred_s = max([g.connect_after_s or 0.0 for g in load.groups], default=0.0)
-    deadline_s = connect_s + deferred_s + load.max_s + load.drain_s + 60.0
-    before = ServerSnapshot.take(target.pids)
-    redis_before, redis_cpu_before = redis.clients(), redis.cpu_seconds()
-    fleet = await Fleet.start(_split(load, target, workers, deadline_s))
+    connecting_s = (2 if load.producers_first else 1) * _connect_bound(load)  # producers, then consumers
+    return connecting_s + deferred_s + load.max_s + load.drain_s + 60.0
+
+
+async def run(load: Load, target: Target, workers: int, redis: RedisProbe, log: Log) -> Outcome:
+    trial = await Trial.start(load, target, workers, redis, log)
     try:
-        return await _phases(
-            fleet, load, target, redis, log, connect_s, (before, redis_before, redis_cpu_before)
-        )
+        await trial.connect()
+        await trial.measure()
+        return await trial.finish()
     finally:
-        await fleet.close()
+        await trial.close()
 
 
-async def _phases(
-    fleet: Fleet,
-    load: Load,
-    target: Target,
-    redis: RedisProbe,
-    log: Log,
-    connect_s: float,
-    before: tuple[ServerSnapshot, int | None, float | None],
-) -> Outcome:
-    server_before, redis_before, redis_cpu_before = before
-    started = time.monotonic()
-    ready = await fleet.ready(connect_s)
-    _log_ready(log, load, ready, time.monotonic() - started)
-    connected = ServerSnapshot.take(target.pids)
-    redis_peak = redis.clients()
-    fleet.command(wire.GO)
-    go_ms, go_cpu = time.time() * 1000.0, ServerSnapshot.take(target.pids).cpu_s
-    channels = await _production(fleet, load, log)
-    redis_peak = max((c for c in (redis_peak, redis.clients()) if c is not None), default=None)
-    fleet.command(wire.EXPECT, channels)
-    await _drain(fleet, load, target, channels, log)
-    after = ServerSnapshot.take(target.pids)
-    results = await fleet.finish(within=30)
-    log(f"{load.label}: done in {time.monotonic() - started:.1f}s")
-    return _outcome(
-        results,
-        channels,
-        go_ms,
-        server_cpu_s=delta(after.cpu_s, go_cpu),
-        server_rss_kb=delta(connected.rss_kb, server_before.rss_kb),
-        redis_conns=None if redis_peak is None or redis_before is None else redis_peak - redis_before,
-        redis_cpu_s=delta(redis.cpu_seconds(), redis_cpu_before),
-    )
+class Trial:
+    """One load's fleet, phase by phase: ``start``, ``connect``, ``measure``, ``finish``; ``close`` always."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        load: Load,
+        target: Target,
+        redis: RedisProbe,
+        log: Log,
+        before: tuple[ServerSnapshot, int | None, float | None],
+    ) -> None:
+        self.fleet, self.load, self.target, self.redis, self.log = fleet, load, target, redis, log
+        self.started = time.monotonic()
+        self.before, self.redis_before, self.redis_cpu_before = before
+        self.connected = self.before
+        self.redis_peak: int | None = None
+        self.redis_connected: int | None = None
+        self.go_ms: float = 0.0
+        self.go_cpu: float | None = None
+        self.after = self.before
+        self.channels: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    async def start(
+        cls, load: Load, target: Target, workers: int, redis: RedisProbe, log: Log, longer_s: float = 0.0
+    ) -> Trial:
+        """Start the load's workers (they live ``longer_s`` more than it needs: for another trial)."""
+        # the readings come first: the workers start connecting as soon as they are up
+        before = ServerSnapshot.take(target.pids), redis.clients(), redis.cpu_seconds()
+        fleet = await Fleet.start(_split(load, target, workers, bound_s(load) + longer_s))
+        return cls(fleet, load, target, redis, log, before)
+
+    async def connect(self) -> ServerSnapshot:
+        """Until every worker is ready; the servers' snapshot then (RSS growth: from ``before``)."""
+        connect_s = _connect_bound(self.load)
+        started = time.monotonic()
+        if self.load.producers_first:
+            await self.fleet.producers_up(connect_s)
+            self.before = ServerSnapshot.take(self.target.pids)
+            self.fleet.command(wire.CONNECT)
+        ready = await self.fleet.ready(connect_s)
+        _log_ready(self.log, self.load, ready, time.monotonic() - started)
+        self.connected = ServerSnapshot.take(self.target.pids)
+        self.redis_peak = self.redis_connected = self.redis.clients()
+        return self.connected
+
+    @property
+    def redis_added(self) -> int | None:
+        """Redis connections added from ``start`` to all connected (the peak may include later ones)."""
+        now, before = self.redis_connected, self.redis_before
+        return None if now is None or before is None else now - before
+
+    async def measure(self) -> None:
+        """GO, production, EXPECT and the drain; server CPU is counted over these."""
+        self.fleet.command(wire.GO)
+        self.go_ms, self.go_cpu = time.time() * 1000.0, ServerSnapshot.take(self.target.pids).cpu_s
+        self.channels = await _production(self.fleet, self.load, self.log)
+        readings = (self.redis_peak, self.redis.clients())
+        self.redis_peak = max((c for c in readings if c is not None), default=None)
+        self.fleet.command(wire.EXPECT, self.channels)
+        await _drain(self.fleet, self.load, self.target, self.channels, self.log)
+        self.after = ServerSnapshot.take(self.target.pids)
+
+    async def finish(self) -> Outcome:
+        results = await self.fleet.finish(within=30)
+        self.log(f"{self.load.label}: done in {time.monotonic() - self.started:.1f}s")
+        peak, before = self.redis_peak, self.redis_before
+        return _outcome(
+            results,
+            self.channels,
+            self.go_ms,
+            server_cpu_s=delta(self.after.cpu_s, self.go_cpu),
+            server_rss_kb=delta(self.connected.rss_kb, self.before.rss_kb),
+            redis_conns=None if peak is None or before is None else peak - before,
+            redis_cpu_s=delta(self.redis.cpu_seconds(), self.redis_cpu_before),
+        )
+
+    async def close(self) -> None:
+        await self.fleet.close()
 
 
 def _log_ready(log: Log, load: Load, ready: list[dict[str, Any]], seconds: float) -> None:

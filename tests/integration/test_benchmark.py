@@ -1,5 +1,6 @@
 """The benchmark harness (``benchmarks/``) end to end, in its quick form: two relay instances it
-starts itself, both baselines, S1, S3 and resume-storm. The harness works under a key prefix of its
+starts itself, both baselines, S1, S3 and resume-storm; then M1 (one ``/ws`` socket for many
+channels against a socket each) on the relay alone. The harness works under a key prefix of its
 own run (``bench-<run id>``) and removes those keys when it is done."""
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ SCENARIOS = ("S1", "S3", "resume-storm")
 TARGETS = ("relay", "xread-baseline", "queue-baseline")
 
 
-def run_benchmark(redis_url: str, json_path: Path) -> subprocess.CompletedProcess[str]:
+def run_benchmark(redis_url: str, json_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "benchmarks", "--quick", "--spawn", "2", "--redis-url", redis_url]
     return subprocess.run(
-        [*command, "--json", str(json_path), *SCENARIOS],
+        [*command, "--json", str(json_path), *arguments],
         cwd=ROOT,
         env=base_env(),
         capture_output=True,
@@ -40,7 +41,7 @@ def test_quick_run_measures_every_target_and_the_relay_loses_nothing(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     json_path = tmp_path / "bench.json"
-    result = run_benchmark(redis_url, json_path)
+    result = run_benchmark(redis_url, json_path, *SCENARIOS)
     assert result.returncode == 0, result.stderr[-4000:]
     document = json.loads(json_path.read_text())
     found = {(r["target"], r["scenario"]): r for r in document["results"]}
@@ -92,3 +93,37 @@ def check_resume_storm(result: dict[str, Any], params: dict[str, Any]) -> None:
     assert storm["gaps"] == storm["dups"] == live["gaps"] == live["dups"] == 0
     assert live["unique"] == live["expected"] > 0
     assert result["details"]["live_stall_max_ms"] > 0  # measured (its limit is the benchmark's to judge)
+
+
+@pytest.mark.timeout(90)
+def test_m1_compares_one_socket_for_many_channels_with_a_socket_each(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    json_path = tmp_path / "m1.json"
+    result = run_benchmark(redis_url, json_path, "--no-baselines", "--param", "mux_rate=200", "M1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    document = json.loads(json_path.read_text())
+    params = document["config"]["params"]
+    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
+    assert set(found) == {"M1 /ws", "M1 /ws/consumer"}
+    subscriptions = params["mux_sockets"] * params["mux_per_socket"]
+    for scenario, sockets in (("M1 /ws", params["mux_sockets"]), ("M1 /ws/consumer", subscriptions)):
+        row, details = found[scenario]["row"], found[scenario]["details"]
+        consumers = details["groups"]["consumers"]
+        assert row["status"] == "ok", row
+        assert row["loss"] == 0
+        assert (details["sockets"], details["subscriptions"]) == (sockets, subscriptions)
+        assert details["messages_stored"] == params["mux_rate"] * params["mux_s"] == 400  # --param applied
+        # every message reached every subscription of its channel, once, in order
+        per_channel = subscriptions // params["mux_channels"]
+        assert consumers["unique"] == consumers["expected"] == 400 * per_channel
+        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
+        assert row["cpu_us"] > 0
+        assert row["rss_kb_per_conn"] is not None  # at this size mostly allocator noise
+    (ratio,) = document["versus_ratios"]
+    assert (ratio["scenario"], ratio["versus"]) == ("M1 /ws", "M1 /ws/consumer")
+    assert ratio["cpu_us"] > 0
+    assert "M1 /ws/consumer" in result.stdout
+
+    leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
+    assert leftovers == []
