@@ -63,10 +63,12 @@ Presence (:class:`PresenceStore`)
     A channel's presence is a set of entries, one per connection present, keyed by the
     connection's id ``<boot>.<n>``, where ``<boot>`` names the instance process that holds it.
     Each join or leave changes the set and then announces itself on the channel's announcement
-    channel (:meth:`BrokerListener.on_presence`), in the order the calls were made. An entry counts
-    only while its process's heartbeat lives (:meth:`PresenceStore.presence_beat`): entries of a
-    process that died without a word drop out of every list when its heartbeat expires, without a
-    write per entry, and are removed by the next list that finds them.
+    channel (:meth:`BrokerListener.on_presence`), in the order the calls were made (a join only
+    when its entry is new). An entry is written in an epoch of its process, and counts only while
+    the process's heartbeat (:meth:`PresenceStore.presence_beat`) lives and names that epoch:
+    entries of a process that died without a word drop out of every list when its heartbeat
+    expires, without a write per entry, and are removed by the next list that finds them (unless
+    they changed since it read them).
 
 Connections
     A broker holds a constant number of Redis connections, whatever the number of channels,
@@ -161,6 +163,7 @@ class PresenceChange:
     entry: str
     frame: str
     join: bool
+    epoch: int = 0  # of a join: the heartbeat's epoch it was written in
 
 
 class BrokerListener(Protocol):
@@ -229,16 +232,21 @@ class GroupStore(Protocol):
 class PresenceStore(Protocol):
     """What presence needs (``app.presence``)."""
 
-    async def presence_change(self, changes: Sequence[PresenceChange]) -> None:
-        """Apply the changes in order, each announced once made, in one round trip. Applying one
-        twice does no harm (a join sets the entry, a leave removes it; the frame goes out again)."""
+    async def presence_change(self, changes: Sequence[PresenceChange]) -> list[str | None]:
+        """Apply the changes in order, each announced once made, in one round trip; per change,
+        None, or why Redis refused it for good. Applying one twice does no harm. Raises
+        BrokerUnavailable when it may be tried again (Redis away, read-only, loading)."""
 
     async def presence_list(self, channel: str) -> dict[str, str]:
-        """The entries of the channel whose process's heartbeat lives: client id -> entry (JSON)."""
+        """The entries of the channel that count (their process beats, in their epoch): client id
+        -> entry (JSON)."""
 
-    async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
-        """Keep the process ``boot`` (instance ``name``) alive for ``ttl_ms``; False when its
-        heartbeat had expired: its entries may have been removed since, and must be joined again."""
+    async def presence_beat(self, boot: str, value: str, ttl_ms: int) -> str | None:
+        """Set the heartbeat of the process ``boot`` to ``value`` (``"<epoch> <name>"``) for
+        ``ttl_ms``; what it held before (None: nothing, it had expired or was lost)."""
+
+    async def presence_end(self, boot: str) -> None:
+        """The process stops: none of its entries counts any more."""
 
 
 class Broker(Follower, Publishing, GroupStore, PresenceStore, Protocol):

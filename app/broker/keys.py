@@ -10,12 +10,12 @@ name                           type         holds
 ``relay:{C}:idem:<key>``       string       the id an ``Idempotency-Key`` was first stored under
 ``relay:{C}:live``             Pub/Sub      announcements of new entries (not a key)
 ``relay:{C}:dead``             stream       dead letters of the channel's consumer groups
-``relay:{C}:presence``         hash         who is on the channel: connection id -> entry (JSON)
+``relay:{C}:presence``         hash         who is on the channel: connection id -> ``<epoch> <entry>``
 ``relay:instance:<name>``      Pub/Sub      one per instance; keeps its Pub/Sub connection open
 ``relay:alive:<name>``         string       an instance's or worker's heartbeat (expires)
 ``relay:janitor:lease``        string       which janitor works now (expires)
 ``relay:present:<boot>``       string       an instance process's presence heartbeat (expires
-                                            after ``RELAY_PRESENCE_TTL``); holds its name
+                                            after ``RELAY_PRESENCE_TTL``): ``<epoch> <name>``
 =============================  ===========  =====================================================
 
 Consumer groups live on the channel's stream itself (``XINFO GROUPS relay:{C}``); each process

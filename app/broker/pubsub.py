@@ -182,9 +182,11 @@ class PubSubSupervisor:
     def _dispatch(self, name: bytes, payload: bytes) -> None:
         listener = self._listener
         if payload.startswith(_PRESENCE):
-            _, client, frame = payload.decode().split("\0", 2)
-            if listener is not None:
-                listener.on_presence(self._keys.channel_of_live(name.decode()), client, frame)
+            parts = payload.decode().split("\0", 2)
+            if listener is not None and len(parts) == 3:
+                listener.on_presence(self._keys.channel_of_live(name.decode()), parts[1], parts[2])
+            elif listener is not None:
+                log.warning("ignoring a malformed presence announcement on %r", name)
             return
         parts = payload.decode().split("\0")
         if listener is None or len(parts) % 2 == 0:

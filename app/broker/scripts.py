@@ -8,6 +8,7 @@
 ``lease.lua``    take or keep the janitor's lease
 ``reap.lua``     remove a group consumer whose process is gone, if it holds nothing
 ``presence.lua`` a connection joins or leaves a channel's presence, announced to every instance
+``presence_prune.lua``  remove a channel's entries of dead processes, unless they changed since read
 ===============  ==================================================================================
 """
 
@@ -29,3 +30,4 @@ TOUCH: Final = source("touch")
 LEASE: Final = source("lease")
 REAP: Final = source("reap")
 PRESENCE: Final = source("presence")
+PRESENCE_PRUNE: Final = source("presence_prune")

@@ -69,6 +69,7 @@ class RedisBroker:
         self._claim = self._read.register_script(scripts.CLAIM)
         self._touch = self._read.register_script(scripts.TOUCH)
         self._presence = self._read.register_script(scripts.PRESENCE)
+        self._prune = self._read.register_script(scripts.PRESENCE_PRUNE)
         self._dead_maxlen = str(settings.stream_maxlen)
         self._pubsub = PubSubSupervisor(self._sub, self._keys, settings)
         self._publish_args: Final = retention_args(settings)
@@ -203,39 +204,52 @@ class RedisBroker:
 
     # -- presence -------------------------------------------------------------------------------
 
-    async def presence_change(self, changes: Sequence[PresenceChange]) -> None:
+    async def presence_change(self, changes: Sequence[PresenceChange]) -> list[str | None]:
         keys = self._keys
         pipe = self._read.pipeline(transaction=False)
         for change in changes:
-            op = "join" if change.join else "leave"
+            op, stored = ("join", f"{change.epoch} {change.entry}") if change.join else ("leave", "")
             await self._presence(  # queued in the pipeline (its script loaded first when missing)
                 keys=[keys.presence(change.channel), keys.live(change.channel)],
-                args=[op, change.client, change.entry, change.frame],
+                args=[op, change.client, stored, change.frame],
                 client=pipe,
             )
-        await checked(pipe.execute(), "presence_change")
+        replies = await checked(pipe.execute(raise_on_error=False), "presence_change")
+        for reply in replies:
+            if isinstance(reply, redis_errors.RedisError) and _passing(reply):
+                raise BrokerUnavailable(f"Redis cannot write now: {reply}")
+        return [str(reply) if isinstance(reply, Exception) else None for reply in replies]
 
     async def presence_list(self, channel: str) -> dict[str, str]:
         key = self._keys.presence(channel)
-        entries: dict[str, str] = await checked(self._read.hgetall(key), "presence_list")  # type: ignore[arg-type]
-        boots = sorted({client.partition(".")[0] for client in entries})
+        stored: dict[str, str] = await checked(self._read.hgetall(key), "presence_list")  # type: ignore[arg-type]
+        boots = sorted({client.partition(".")[0] for client in stored})
         if not boots:
             return {}
         pipe = self._read.pipeline(transaction=False)
         for boot in boots:
-            pipe.exists(self._keys.present(boot))
-        alive = {
-            boot for boot, n in zip(boots, await checked(pipe.execute(), "presence_list"), strict=True) if n
-        }
-        dead = [client for client in entries if client.partition(".")[0] not in alive]
-        if dead:  # their process died without a word: tidy up (harmless if it raced a late join)
-            await checked(self._read.hdel(key, *dead), "presence_list")
-        return {client: entry for client, entry in entries.items() if client.partition(".")[0] in alive}
+            pipe.get(self._keys.present(boot))
+        beats = await checked(pipe.execute(), "presence_list")
+        epochs = {boot: beat.partition(" ")[0] for boot, beat in zip(boots, beats, strict=True) if beat}
+        present: dict[str, str] = {}
+        dead: list[str] = []
+        for client, value in stored.items():
+            epoch, _, entry = value.partition(" ")
+            if epochs.get(client.partition(".")[0]) == epoch:
+                present[client] = entry
+            else:
+                dead += (client, value)
+        if dead:  # their process died without a word, or wrote them again since: tidy up
+            await checked(self._prune(keys=[key], args=dead), "presence_list")
+        return present
 
-    async def presence_beat(self, boot: str, name: str, ttl_ms: int) -> bool:
+    async def presence_beat(self, boot: str, value: str, ttl_ms: int) -> str | None:
         key = self._keys.present(boot)
-        previous = await checked(self._read.set(key, name, px=ttl_ms, get=True), "presence_beat")
-        return previous is not None
+        previous = await checked(self._read.set(key, value, px=ttl_ms, get=True), "presence_beat")
+        return None if previous is None else str(previous)
+
+    async def presence_end(self, boot: str) -> None:
+        await checked(self._read.delete(self._keys.present(boot)), "presence_end")
 
 
 async def list_channels(client: Redis, keys: Keys, limit: int) -> list[ChannelInfo]:
@@ -265,6 +279,14 @@ async def close_client(client: Redis, within: float) -> None:
     """Close a client's connections, giving up after ``within`` seconds (Redis may be gone)."""
     with contextlib.suppress(*UNAVAILABLE):
         await asyncio.wait_for(client.aclose(), within)
+
+
+_PASSING: Final = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+
+
+def _passing(error: redis_errors.RedisError) -> bool:
+    """An error that says "not now" (a failover, a restart), not "never": worth trying again."""
+    return str(error).startswith(_PASSING) or isinstance(error, redis_errors.ConnectionError)
 
 
 def _published(reply: Any) -> Published | Exception:

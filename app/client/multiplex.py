@@ -324,9 +324,15 @@ class Relay:
         return list(reply["clients"])
 
     async def refresh(self, token: str) -> None:
-        """Replace the connection's token (and the one later connections are made with)."""
-        await self._call({"type": "refresh", "token": token})
-        self._token = token
+        """Replace the connection's token (and the one later connections are made with, from now
+        on: a drop before the answer reconnects with it); raises :class:`Refused` and keeps the old
+        one when the relay refuses it."""
+        previous, self._token = self._token, token
+        try:
+            await self._call({"type": "refresh", "token": token})
+        except Refused:
+            self._token = previous
+            raise
 
     # -- calls ------------------------------------------------------------------------------------
 

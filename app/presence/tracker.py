@@ -2,15 +2,22 @@
 
 - **Names**: a connection's id is ``<boot>.<n>``; ``<boot>`` is drawn at random when the process
   starts, so ids never repeat across instances or restarts, and every entry says whose it is.
-- **Writes**: :meth:`Presence.join` and :meth:`Presence.leave` only queue a change; one writer task
-  sends whatever is queued in one round trip, in order, and on failure keeps it and tries again
-  with backoff (a change applied twice does no harm). A leave waits for nothing but Redis. A list
-  made here counts what is still queued, so a connection sees its own join at once.
-- **Heartbeat**: ``relay:present:<boot>`` is set every third of ``RELAY_PRESENCE_TTL`` and expires
-  after it: one command per beat, however many connections. The writer sends nothing before the
-  first beat went through, or another instance's list would take the entries for a dead
-  process's. A beat that finds its key expired (Redis lost it, or was away longer than the TTL)
-  queues a join again for every entry the process holds: lists may have dropped them meanwhile.
+- **Writes**: :meth:`Presence.join` and :meth:`Presence.leave` only queue a change, the last one
+  per (channel, connection), and a leave cancels a join not sent yet: a client that subscribes
+  and unsubscribes in a loop while Redis is away holds one change at most, not thousands. One writer task sends what is queued in one round trip, in
+  order, and on failure keeps it and tries again with backoff (a change applied twice does no
+  harm); a change Redis refuses for good (the key holds something else) is dropped and logged.
+- **Own writes first**: a list made here applies, on top of what Redis said, every change made
+  since the list began, written or not: a connection sees its own join, and no longer sees itself
+  after its leave, at once.
+- **Heartbeat**: ``relay:present:<boot>`` holds ``"<epoch> <instance name>"``; it is set every third
+  of ``RELAY_PRESENCE_TTL`` and expires after it: one command per beat, however many connections.
+  Each entry is stored with the epoch it was written in, and counts only while it matches the
+  heartbeat's. A beat that finds its key changed or gone (expired during an outage, Redis
+  restarted or failed over, losing writes either way) starts a new epoch: every entry written
+  before stops counting at once, whatever Redis kept or lost, and every entry the process holds
+  is joined again. The writer sends nothing before the first beat went through, or a list made
+  meanwhile would take the fresh entries for a dead process's.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ log = logging.getLogger("relay.presence")
 
 _BATCH: Final = 512  # changes per round trip
 
+_Key = tuple[str, str]  # (channel, client)
+
 
 def entry_of(client: str, user: Any, info: Any) -> str:
     """A presence entry as the lists and the join and leave frames show it (JSON text)."""
@@ -48,8 +57,15 @@ class Presence:
         self._name = settings.instance_name
         self._ttl = settings.presence_ttl
         self._numbers = itertools.count(1)
-        self._queue: deque[PresenceChange] = deque()
-        self._held: dict[tuple[str, str], str] = {}  # (channel, client) -> entry, joined here
+        self._epoch = 1
+        self._held: dict[_Key, str] = {}  # entry of each (channel, client) joined here
+        # the last change per key, oldest first, each with its number (``_made`` counts them)
+        self._queue: dict[_Key, tuple[int, PresenceChange]] = {}
+        self._made = 0
+        self._written = 0  # every change numbered up to this is in Redis (or superseded)
+        self._listing: list[int] = []  # where each list running now began (``_written`` then)
+        self._recent: deque[tuple[int, PresenceChange]] = deque()  # written while a list ran
+        self._sending: set[_Key] = set()  # the keys of the batch being written
         self._queued = asyncio.Event()
         self._empty = asyncio.Event()  # nothing queued: a closing instance waits for it
         self._empty.set()
@@ -62,24 +78,33 @@ class Presence:
 
     def join(self, channel: str, client: str, entry: str) -> None:
         self._held[(channel, client)] = entry
-        self._change(PresenceChange(channel, client, entry, frames.joined(channel, entry), join=True))
+        self._change(PresenceChange(channel, client, entry, frames.joined(channel, entry), True, self._epoch))
 
     def leave(self, channel: str, client: str) -> None:
         entry = self._held.pop((channel, client), None)
         if entry is not None:
-            self._change(PresenceChange(channel, client, entry, frames.left(channel, entry), join=False))
+            self._change(PresenceChange(channel, client, entry, frames.left(channel, entry), False))
 
     async def clients(self, channel: str) -> list[str]:
-        """Every entry on the channel, on every instance; raises BrokerError. The changes of this
-        process not written yet count as made: a connection that subscribed, then asks, is listed."""
-        present = await self._store.presence_list(channel)
-        for change in self._queue:
-            if change.channel != channel:
-                continue
+        """Every entry on the channel, on every instance (this process's changes made since the
+        list began included, written or not); raises BrokerError."""
+        began = self._written
+        self._listing.append(began)
+        try:
+            present = await self._store.presence_list(channel)
+        finally:
+            self._listing.remove(began)
+        since = [
+            (n, c) for n, c in (*self._recent, *self._queue.values()) if n > began and c.channel == channel
+        ]
+        for _, change in sorted(since, key=lambda item: item[0]):
             if change.join:
                 present[change.client] = change.entry
             else:
                 present.pop(change.client, None)
+        oldest = min(self._listing, default=self._written)
+        while self._recent and self._recent[0][0] <= oldest:
+            self._recent.popleft()
         return list(present.values())
 
     @property
@@ -94,9 +119,10 @@ class Presence:
         ]
 
     async def close(self, within: float) -> None:
-        """Send the leaves still queued (the drain closed every connection), within ``within``
-        seconds; then stop. What is left is dropped with the heartbeat, within the TTL."""
-        if self._queue and self._beating.is_set():
+        """Send the leaves still queued (the drain closed every connection), then end the
+        heartbeat, so that whatever was not written stops counting at once; within ``within``
+        seconds, after which what is left expires with the heartbeat, within the TTL."""
+        if self._beating.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._empty.wait(), within)
         for task in self._tasks:
@@ -104,32 +130,56 @@ class Presence:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._beating.is_set():
+            with contextlib.suppress(BrokerError, TimeoutError):
+                await asyncio.wait_for(self._store.presence_end(self.boot), within)
 
     def _change(self, change: PresenceChange) -> None:
-        self._queue.append(change)
+        key = (change.channel, change.client)
+        queued = self._queue.pop(key, None)  # superseded: the newer one goes last
+        if queued is not None and queued[1].join and not change.join and key not in self._sending:
+            self._empty_if_done()
+            return  # a join never sent needs no leave
+        self._made += 1
+        self._queue[key] = (self._made, change)
         self._queued.set()
         self._empty.clear()
 
     async def _beat(self) -> None:
         backoff = Backoff(cap=self._ttl / 3)
         ttl_ms = int(self._ttl * 1000)
-        first = True
+        expected: str | None = None  # what the key holds if Redis kept it
         while True:
+            value = f"{self._epoch} {self._name}"
             try:
-                was_alive = await self._store.presence_beat(self.boot, self._name, ttl_ms)
+                previous = await self._store.presence_beat(self.boot, value, ttl_ms)
             except BrokerError as exc:
                 delay = backoff.failed()
                 log.warning("presence heartbeat failed (%s); next try in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            if not was_alive and not first and self._held:
-                log.warning("presence heartbeat had expired: joining %d entries again", len(self._held))
-                for (channel, client), entry in self._held.items():
-                    self._change(PresenceChange(channel, client, entry, frames.joined(channel, entry), True))
-            first = False
+            if expected is not None and previous != expected:
+                self._new_epoch()
+                continue  # beat again at once, with it
+            expected = value
             self._beating.set()
             await asyncio.sleep(self._ttl / 3)
+
+    def _new_epoch(self) -> None:
+        """Redis lost the heartbeat (and perhaps entries): what was written before stops counting,
+        and every entry held here is written again."""
+        self._epoch += 1
+        log.warning(
+            "presence heartbeat was lost (Redis restarted, failed over, or away over %gs):"
+            " writing %d entries again",
+            self._ttl,
+            len(self._held),
+        )
+        for (channel, client), entry in self._held.items():
+            self._change(
+                PresenceChange(channel, client, entry, frames.joined(channel, entry), True, self._epoch)
+            )
 
     async def _write(self) -> None:
         await self._beating.wait()
@@ -139,10 +189,12 @@ class Presence:
             if not queue:
                 self._queued.clear()
                 await self._queued.wait()
-            batch = [queue[i] for i in range(min(_BATCH, len(queue)))]
+            batch = list(itertools.islice(queue.items(), _BATCH))
+            self._sending = {key for key, _ in batch}
             try:
-                await self._store.presence_change(batch)
+                refused = await self._store.presence_change([change for _, (_, change) in batch])
             except BrokerError as exc:
+                self._sending = set()
                 delay = backoff.failed()
                 log.warning(
                     "presence: %d change(s) not written (%s); retrying in %.1fs", len(batch), exc, delay
@@ -150,7 +202,22 @@ class Presence:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            for _ in batch:
-                queue.popleft()
-            if not queue:
-                self._empty.set()
+            self._sending = set()
+            self._written_out(batch, refused)
+
+    def _written_out(
+        self, batch: list[tuple[_Key, tuple[int, PresenceChange]]], refused: list[str | None]
+    ) -> None:
+        for (key, numbered), error in zip(batch, refused, strict=True):
+            if self._queue.get(key) is numbered:  # not superseded meanwhile
+                del self._queue[key]
+            if error is not None:
+                log.error("presence: Redis refused a change of channel %r for good: %s", key[0], error)
+            if self._listing:
+                self._recent.append(numbered)
+        self._written = max(self._written, batch[-1][1][0])
+        self._empty_if_done()
+
+    def _empty_if_done(self) -> None:
+        if not self._queue:
+            self._empty.set()

@@ -22,6 +22,11 @@ class Outlet(Protocol):
         """Whether ``write`` can succeed (the fan-out may write here itself)."""
         ...
 
+    @property
+    def writable(self) -> bool:
+        """Whether the transport takes data now (True where that cannot be known: ASGI)."""
+        ...
+
     def write(self, frame: Frame) -> bool:
         """Write now, without waiting, or return False (nothing written)."""
         ...
@@ -40,6 +45,7 @@ class AsgiOutlet:
     __slots__ = ("_send",)
 
     direct: Final = False
+    writable: Final = True
 
     def __init__(self, websocket: WebSocket) -> None:
         self._send = websocket.send

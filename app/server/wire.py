@@ -40,6 +40,10 @@ class Wire:
         self._protocol = protocol
         self.open = False
 
+    @property
+    def writable(self) -> bool:
+        return self.open
+
     def write(self, frame: Frame) -> bool:
         """Write now if the wire is open; False (nothing written) otherwise. Never waits."""
         if self.open:

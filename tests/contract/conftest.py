@@ -23,11 +23,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.announcements: list[tuple[str, str, list[Entry]]] = []
+        self.presence: list[tuple[str, str, str]] = []  # (channel, client, frame)
         self.resubscribed = 0
         self.changed = asyncio.Event()
 
     def on_announcement(self, channel: str, prev: str, entries: list[Entry]) -> None:
         self.announcements.append((channel, prev, entries))
+        self.changed.set()
+
+    def on_presence(self, channel: str, client: str, frame: str) -> None:
+        self.presence.append((channel, client, frame))
         self.changed.set()
 
     def on_resubscribed(self) -> None:

@@ -409,6 +409,25 @@ async def test_a_refresh_with_a_bad_token_is_refused_and_the_old_one_kept(relay:
         await m.quiet()
 
 
+async def test_a_refresh_may_not_change_the_user_nor_drop_a_channel_followed(relay: RelayFactory) -> None:
+    """A refreshed token must name the same user (presence shows it) and cover every channel the
+    connection follows: otherwise it is refused and the old one kept, so that revoking a channel
+    cannot be dodged by refreshing on a connection that follows it."""
+    a = relay(jwt_secret=SECRET).start()
+    async with mux(a, **bearer(token(sub="ann", subscribe=["news:*", "chat"]))) as m:
+        await m.subscribe("news:1")
+        other_user = token(sub="bob", subscribe=["*"])
+        assert refused(await m.call(type="refresh", token=other_user, ref="u"), "invalid_token", ref="u")
+        narrower = token(sub="ann", subscribe=["chat"])
+        reply = await m.call(type="refresh", token=narrower, ref="n")
+        assert refused(reply, "forbidden", ref="n", channel="news:1")
+        await m.call(type="unsubscribe", channel="news:1", ref="x")
+        assert await m.call(type="refresh", token=narrower, ref="n2") == {"type": "refreshed", "ref": "n2"}
+        assert refused(
+            await m.call(type="subscribe", channel="news:2", ref=2), "forbidden", ref=2, channel="news:2"
+        )
+
+
 async def test_a_refreshed_token_keeps_the_connection_past_the_old_expiry(relay: RelayFactory) -> None:
     a = relay(jwt_secret=SECRET).start()
     short = time.time() + 2

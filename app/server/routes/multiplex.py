@@ -44,7 +44,7 @@ from app.protocol.names import Position
 from app.server.auth import AuthError, Grant
 from app.server.lifecycle import Relay
 from app.server.publishing import PublishingConnection
-from app.server.routes.common import DRAINING_DETAIL, auth_denial, relay_of, room_for
+from app.server.routes.common import auth_denial, relay_of, room_for
 
 log = logging.getLogger("relay.multiplex")
 
@@ -55,7 +55,11 @@ MAX_REF: Final = 256  # characters of a string ref
 _INT_REF: Final = 2**53  # integers a JavaScript client can hold exactly
 _SUB_BUFFER_SHARE: Final = 16  # a subscription holds RELAY_CONSUMER_BUFFER / this live messages
 _MIN_SUB_BUFFER: Final = 64
-_SLOW_REPLIES: Final = 4  # times RELAY_PRODUCER_WINDOW replies and presence frames unsent: too slow
+# replies and presence frames unsent, in RELAY_PRODUCER_WINDOW: too slow beyond the first while
+# the socket takes no data, and beyond the second whatever it does (a client that never reads
+# them); a burst (a room's members joining at once) passes while the client keeps reading
+_SLOW_REPLIES: Final = 4
+_MAX_REPLIES: Final = 64
 FRAME_TYPES: Final = "subscribe, unsubscribe, publish, presence or refresh"
 
 
@@ -78,7 +82,18 @@ class _Channel:
     """One subscription of the connection: pending until the hub has it (``sub``), live once its
     ``subscribed`` reply went out."""
 
-    __slots__ = ("live", "name", "position", "presence", "queued", "sub", "wake", "watcher")
+    __slots__ = (
+        "backoff",
+        "idle",
+        "live",
+        "name",
+        "position",
+        "presence",
+        "queued",
+        "sub",
+        "wake",
+        "watcher",
+    )
 
     def __init__(self, name: str, presence: bool) -> None:
         self.name = name
@@ -87,6 +102,8 @@ class _Channel:
         self.position = ""  # the id of the subscribed reply
         self.live = False
         self.queued = False  # in the writer's turn list
+        self.idle = False  # in the list of those to park
+        self.backoff: Backoff | None = None  # made when a catch-up read of it first fails
         self.wake: Callable[[], None] = _nothing
         self.watcher: Callable[[str, str], None] | None = None
 
@@ -138,6 +155,8 @@ class MultiplexConnection(PublishingConnection):
     # -- reading: one reply per frame (when to read: app.server.publishing) ----------------------
 
     def on_frame(self, message: Message) -> None:
+        if self.closing:
+            return  # the close frame on its way answers every frame from here on
         text = message.get("text")
         if text is None:
             self.refuse(ErrorCode.INVALID_FRAME, "expected a text frame holding a JSON object, got binary")
@@ -166,8 +185,6 @@ class MultiplexConnection(PublishingConnection):
             else:
                 detail = f"unknown type {str(kind)[:40]!r}: expected {FRAME_TYPES}"
                 self.refuse(ErrorCode.INVALID_FRAME, detail, named, ref)
-        elif self.closing:
-            self.report(ErrorCode.UNAVAILABLE, DRAINING_DETAIL, ref=ref)
         else:
             handler(frame, ref)
 
@@ -220,11 +237,11 @@ class MultiplexConnection(PublishingConnection):
 
     async def _follow(self, state: _Channel, position: Position) -> None:
         sub = await self._relay.hub.subscribe(state.name, position, state.wake, limit=self._buffer)
+        state.position = streamid.format_id(sub.last) if position.latest else position.text
         if self._channels.get(state.name) is not state:  # unsubscribed meanwhile
             self._relay.hub.unsubscribe(sub)
             return
         state.sub = sub
-        state.position = streamid.format_id(sub.last) if position.latest else position.text
         metrics.SUBSCRIPTIONS.inc()
         self._relay.presence.join(state.name, self.client, self._entry)
         if state.presence:
@@ -265,8 +282,6 @@ class MultiplexConnection(PublishingConnection):
                 ErrorCode.INVALID_FRAME, f"data: expected JSON; key: {IDEMPOTENCY_KEY_RULE}", name, ref
             )
             return
-        if self.over_rate(name, ref):
-            return
         data = _json_text(frame["data"])
         max_bytes = self._relay.settings.max_message_bytes
         if data is not None and utf8_length_exceeds(data, max_bytes):
@@ -277,6 +292,8 @@ class MultiplexConnection(PublishingConnection):
         refusal = json_refusal(data) if data is not None else f"{JSON_RULE}: it nests deeper"
         if data is None or refusal is not None:
             self.refuse(ErrorCode.INVALID_FRAME, f"data: {refusal}", name, ref)
+            return
+        if self.over_rate(name, ref):
             return
         stored = self._publisher.submit(name, data, key)
         self.reply_later(stored, lambda done: self._acked(name, done, ref))
@@ -313,16 +330,29 @@ class MultiplexConnection(PublishingConnection):
         except AuthError as exc:
             self.refuse(ErrorCode.INVALID_TOKEN, f"{exc.detail}; the connection keeps its token", ref=ref)
             return
+        if grant.user != self._grant.user:
+            detail = "the new token names another user (sub): connect again with it; the connection keeps its token"
+            self.refuse(ErrorCode.INVALID_TOKEN, detail, ref=ref)
+            return
+        lost = next((name for name in self._channels if not grant.may_subscribe(name)), None)
+        if lost is not None:
+            detail = f"the new token does not allow to subscribe to {lost!r}: unsubscribe first; the connection keeps its token"
+            self.refuse(ErrorCode.FORBIDDEN, detail, lost, ref)
+            return
         self._grant = grant
         self._entry = entry_of(self.client, grant.user, grant.info)  # for the joins from now on
         self.expire_at(grant.expires)
         self.reply(frames.refreshed(ref))
 
     def _presence_event(self, state: _Channel, client: str, frame: str) -> None:
-        """Another connection joined or left a channel this one watches."""
-        if client == self.client or not state.live or self.closing:
+        """Another connection joined or left a channel this one watches (queued behind the
+        subscription's ``subscribed`` reply, which was queued when the subscribe was read)."""
+        if client == self.client or self._channels.get(state.name) is not state or self.closing:
             return
-        if self.queued_replies >= _SLOW_REPLIES * self._window:
+        queued = self.queued_replies
+        if queued >= _SLOW_REPLIES * self._window and (
+            not self.out.writable or queued >= _MAX_REPLIES * self._window
+        ):
             self.request_close(Close.TRY_AGAIN, "too slow to read its replies and presence frames")
             return
         self.reply(frame)
@@ -356,7 +386,6 @@ class MultiplexConnection(PublishingConnection):
 
     async def _serve(self) -> None:
         out = self.out
-        backoff: Backoff | None = None
         while not self.closing:
             await self.send_replies()
             state = self._next()
@@ -372,27 +401,33 @@ class MultiplexConnection(PublishingConnection):
             assert sub is not None
             try:
                 batch = await sub.take()
-            except BrokerError as exc:  # Redis is away: stay connected, try again
-                backoff = backoff or Backoff()
-                log.warning("catch-up read on %r failed (%s); retrying", state.name, exc)
-                self._enqueue(state)
-                await self.pause(backoff.failed())
+            except BrokerError as exc:  # Redis is away: this one tries again later, the others go on
+                self._retry_later(state, exc)
                 continue
-            if backoff is not None:
-                backoff.reset()
+            if state.backoff is not None:
+                state.backoff.reset()
             if batch:
                 await out.send(batch)
                 metrics.DELIVERED.inc(len(batch))
                 await asyncio.sleep(0)  # as on /ws/consumer: a shared page must not hold the loop
             if batch or sub.behind:
                 self._enqueue(state)  # more may follow: after the others' turn
-            else:
+            elif out.direct and not state.idle:
+                state.idle = True
                 self._idle.append(state)
+
+    def _retry_later(self, state: _Channel, error: BrokerError) -> None:
+        """A catch-up read failed: give the subscription a turn again after a backoff of its own."""
+        state.backoff = state.backoff or Backoff()
+        delay = state.backoff.failed()
+        log.warning("catch-up read on %r failed (%s); retrying in %.1fs", state.name, error, delay)
+        asyncio.get_running_loop().call_later(delay, self._enqueue, state)
 
     def _park(self) -> None:
         """Nothing to send: the fan-out writes the live messages of the idle subscriptions itself."""
         out = self.out
         for state in self._idle:
+            state.idle = False
             if state.sub is not None and not state.queued and self._channels.get(state.name) is state:
                 state.sub.park(out)
         self._idle.clear()
