@@ -209,6 +209,37 @@ async def test_a_killed_instance_s_connections_drop_out_of_every_list_within_the
         assert set(redis_client.hgetall(key)) == {survivor_id}
 
 
+async def test_a_heartbeat_redis_lost_sets_the_instance_s_entries_right(
+    relay: RelayFactory, redis_client: redis.Redis, prefix: str
+) -> None:
+    """Redis lost writes (a restart from an older snapshot, a failover to a replica that was
+    behind): here a leave and the heartbeat itself. The instance's next beat finds its key
+    changed and starts a new epoch: the entry whose leave was lost stops counting, and the
+    connection that is still there is listed again."""
+    a = relay(presence_ttl="1.5").start()  # a beat every 0.5 s
+    key = f"{prefix}:{{{CHANNEL}}}:presence"
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=timeout(5)) as http:
+        ws, client = await connected(stack, a)
+        await subscribe(ws)
+        boot = client.partition(".")[0]
+        beat = redis_client.get(f"{prefix}:present:{boot}")
+        assert isinstance(beat, str)
+        epoch = beat.partition(" ")[0]
+        ghost = f"{boot}.999"  # a connection of the instance that left, its leave lost by Redis
+        redis_client.hset(key, ghost, f"{epoch} {json.dumps(entry(ghost), separators=(',', ':'))}")
+        assert await listed_ids(http, a) == {client, ghost}
+        redis_client.delete(f"{prefix}:present:{boot}")  # and the heartbeat lost with it
+
+        async def set_right() -> bool:
+            return await listed_ids(http, a) == {client}
+
+        await eventually(set_right, 5, "the live connection listed again, the ghost not", interval=0.1)
+        stored = redis_client.hgetall(key)
+        assert set(stored) == {client}  # the ghost removed by a list, the live one written again
+        assert stored[client].startswith(f"{int(epoch) + 1} ")  # in a new epoch
+        assert await presence_frame(ws) == [entry(client)]
+
+
 # -- 4. the heartbeat's cost ----------------------------------------------------------------------
 
 
