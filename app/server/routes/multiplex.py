@@ -435,10 +435,16 @@ class MultiplexConnection(PublishingConnection):
     # -- the end ---------------------------------------------------------------------------------
 
     def _track(self, work: Any) -> asyncio.Future[Any]:
+        """A task whose result a reply renders; cancelled when the connection ends."""
         task: asyncio.Future[Any] = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
         return task
+
+    def _settled(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a connection that ended first renders no reply for it
 
     def _drop(self, state: _Channel) -> None:
         """Let go of a subscription: no frame of it is sent from here on; it leaves presence."""
