@@ -110,7 +110,12 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Messages per second per producer; 0: no limit."
     )
     publish_burst: int = Field(default=100, ge=1, description="Messages a producer may send at once.")
-    max_connections: int = Field(default=10_000, ge=1, description="WebSocket connections per instance.")
+    max_connections: int = Field(
+        default=10_000, ge=1, description="Connections per instance (WebSockets and event streams)."
+    )
+    sse_ping_interval: float = Field(
+        default=15.0, gt=0, le=15, description="Seconds between the comments that keep an event stream busy."
+    )
     max_subscriptions: int = Field(
         default=256, ge=1, le=100_000, description="Channels one /ws connection may follow at once."
     )

@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     INVALID_ID = "invalid_id"
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_CHANNEL = "unknown_channel"
+    NOT_FOUND = "not_found"  # HTTP 404: no such file (the browser client, the console)
     UNEXPECTED_FRAME = "unexpected_frame"  # a fan-out consumer sent something
     UNAVAILABLE = "unavailable"  # Redis unreachable, or the instance is draining: not stored
     STORAGE_ERROR = "storage_error"  # Redis refused the write (e.g. the key is not a stream)

@@ -97,6 +97,11 @@ def refreshed(ref: Ref) -> str:
     return f'{{"type":"refreshed"{_ref(ref)}}}'
 
 
+def pong(ref: Ref) -> str:
+    """The reply to a ``ping`` frame (a client's own liveness check)."""
+    return f'{{"type":"pong"{_ref(ref)}}}'
+
+
 def joined(channel: str, client: str) -> str:
     """Another connection subscribed to ``channel``; ``client`` is its presence entry (JSON)."""
     return f'{{"type":"join","channel":"{channel}","client":{client}}}'

@@ -17,7 +17,7 @@ from app import __version__, logs
 from app.protocol.codes import ErrorCode
 from app.server import sockets
 from app.server.lifecycle import Relay
-from app.server.routes import channels, health
+from app.server.routes import browser, channels, events, health
 from app.server.routes.common import error_response
 from app.settings import Settings
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await relay.stop()
 
     app = RelayApp(title="relay", version=__version__, lifespan=lifespan)
-    for module in (channels, health):
+    for module in (events, channels, health, browser):
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app

@@ -41,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app import metrics
 from app.protocol.codes import ErrorCode
 from app.protocol.frames import error_body
+from app.server.stream import EXTENSION as STREAM_EXTENSION
 from app.settings import Settings
 
 log = logging.getLogger("relay.http")
@@ -163,6 +164,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # a request (not an upgrade): a new cycle
+            # what lets a streamed response write its prepared chunks itself (app.server.stream)
+            self.scope["extensions"] = {STREAM_EXTENSION: {"cycle": cycle}}
 
     # -- refusals ------------------------------------------------------------------------------------
 

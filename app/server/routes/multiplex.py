@@ -60,7 +60,7 @@ _MIN_SUB_BUFFER: Final = 64
 # them); a burst (a room's members joining at once) passes while the client keeps reading
 _SLOW_REPLIES: Final = 4
 _MAX_REPLIES: Final = 64
-FRAME_TYPES: Final = "subscribe, unsubscribe, publish, presence or refresh"
+FRAME_TYPES: Final = "subscribe, unsubscribe, publish, presence, refresh or ping"
 
 
 async def serve(websocket: WebSocket, channel: str) -> None:
@@ -150,6 +150,7 @@ class MultiplexConnection(PublishingConnection):
             "publish": self._publish,
             "presence": self._presence,
             "refresh": self._refresh,
+            "ping": self._ping,
         }
 
     # -- reading: one reply per frame (when to read: app.server.publishing) ----------------------
@@ -343,6 +344,10 @@ class MultiplexConnection(PublishingConnection):
         self._entry = entry_of(self.client, grant.user, grant.info)  # for the joins from now on
         self.expire_at(grant.expires)
         self.reply(frames.refreshed(ref))
+
+    def _ping(self, frame: dict[str, Any], ref: str) -> None:
+        """A client's liveness check (browsers cannot send WebSocket pings): answered ``pong``."""
+        self.reply(frames.pong(ref))
 
     def _presence_event(self, state: _Channel, client: str, frame: str) -> None:
         """Another connection joined or left a channel this one watches (queued behind the

@@ -1,0 +1,225 @@
+"""``GET /channels/{channel}/events``: a consumer as Server-Sent Events (``text/event-stream``).
+
+The same delivery as ``WS /ws/consumer/{channel}``, for clients that cannot speak WebSocket
+(``curl -N``, ``EventSource``): the same hub subscription, the same frames (each message's event is
+made once, for every stream, :attr:`app.fanout.sink.Frame.event`), parked on the transport while
+idle (:mod:`app.server.stream`). A ``Last-Event-ID`` header takes the place of ``from``: it is what
+an EventSource sends when it reconnects. Event layout: :mod:`app.protocol.events`.
+
+A stream ends when the client leaves, the instance drains, or the token's ``exp`` passes; a client
+that reads nothing for two ping intervals is cut off (its subscription had already fallen behind,
+so it never held more than its buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from app import metrics
+from app.backoff import Backoff
+from app.errors import BrokerError, ProtocolError
+from app.fanout.subscription import Subscription
+from app.logs import ConnectionLog, peer_of
+from app.protocol import events, names, streamid
+from app.protocol.codes import ErrorCode
+from app.protocol.names import Position
+from app.server.auth import AuthError
+from app.server.lifecycle import Relay
+from app.server.routes.common import DRAINING_DETAIL, auth_response, authorize, error_response, relay_of
+from app.server.stream import Gone, Stream, stream_of
+from app.wakeup import Wakeup
+
+router = APIRouter()
+log = logging.getLogger("relay.events")
+
+ROLE: Final = "events"
+MEDIA_TYPE: Final = "text/event-stream"
+RETRY_MS: Final = 1000
+"""How long an EventSource waits before it reconnects after a stream ended (``retry:``)."""
+TOKEN_EXPIRED: Final = "token expired: reconnect with a new token"
+
+
+@router.get("/channels/{channel:path}/events")
+async def events_of(
+    request: Request, channel: str, from_: Annotated[str | None, Query(alias="from")] = None
+) -> Response:
+    """Follow a channel as Server-Sent Events: ``subscribed``, then ``message`` and ``gap`` events."""
+    relay = relay_of(request)
+    resume = request.headers.get("last-event-id") or None  # EventSource sends it on reconnect
+    try:
+        names.check_channel(channel)
+        position = names.parse_position(resume if resume is not None else from_)
+        grant = authorize(request, relay, channel, publish=False)
+    except ProtocolError as exc:
+        return error_response(400, exc.code, exc.detail)
+    except AuthError as exc:
+        return auth_response(exc)
+    origin = request.headers.get("origin")
+    allowed = relay.settings.allowed_origins
+    if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
+        return error_response(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
+    if relay.draining:
+        return error_response(503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL, {"Retry-After": "1"})
+    if relay.open_connections >= relay.settings.max_connections:
+        metrics.REFUSED_FULL.inc()
+        return error_response(503, ErrorCode.UNAVAILABLE, "this instance is full; connect to another one")
+    # no list of origins: anyone may read (tokens go in the URL, not in cookies); else the one asked
+    cors = (origin or "*") if allowed else "*"
+    return EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client))
+
+
+class EventStream(Response):
+    """One stream: an ASGI response that lives as long as the subscription it serves."""
+
+    def __init__(
+        self, relay: Relay, channel: str, position: Position, expires: float | None, cors: str, peer: str
+    ) -> None:
+        super().__init__(media_type=MEDIA_TYPE)
+        self._relay = relay
+        self.channel = channel
+        self._position = position
+        self._expires = expires
+        self._cors = cors
+        self._peer = peer
+        self._wake = Wakeup()  # the writer waits on it: something to send, a ping due, the end
+        self._closing: str | None = None  # why the relay ends the stream
+        self._gone = False  # the client left (or was cut off)
+        self._ping_due = False
+        self._progress = False  # something was written since the last tick
+        self._stalled = 0  # ticks in a row that found the client reading nothing
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def request_close(self, code: int, reason: str) -> None:
+        """End the stream (drain, token expiry); the client reconnects with ``Last-Event-ID``."""
+        if self._closing is None:
+            self._closing = reason
+            self._wake.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self._relay
+        with relay.connection(self):
+            try:
+                sub = await relay.hub.subscribe(self.channel, self._position, self._wake.set)
+            except BrokerError as exc:
+                detail = f"cannot follow the channel now: {exc}"
+                await error_response(503, ErrorCode.UNAVAILABLE, detail, {"Retry-After": "1"})(
+                    scope, receive, send
+                )
+                return
+            try:
+                await self._serve(sub, scope, receive, send)
+            finally:
+                relay.hub.unsubscribe(sub)
+
+    async def _serve(self, sub: Subscription, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._event_headers()})
+        out = stream_of(scope, send)
+        listener = asyncio.get_running_loop().create_task(self._until_gone(receive))
+        self._start_timers(out)
+        metrics.CONNECTIONS.labels(ROLE).inc()
+        connection_log = ConnectionLog(ROLE, self.channel, self._peer)
+        try:
+            position = streamid.format_id(sub.last) if self._position.latest else self._position.text
+            await out.send_raw(events.retry(RETRY_MS) + events.subscribed(self.channel, position))
+            await self._write(sub, out)
+        except Gone:
+            self._gone = True
+        finally:
+            metrics.CONNECTIONS.labels(ROLE).dec()
+            for timer in self._timers:
+                timer.cancel()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await self._end(send)
+            connection_log.closed(None, self._closing or "", "client" if self._gone else "relay")
+
+    def _event_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache, no-transform"),
+            (b"x-accel-buffering", b"no"),  # nginx and the like: pass each event on at once
+            (b"access-control-allow-origin", self._cors.encode("latin-1", "replace")),
+        ]
+        if self._cors != "*":
+            headers.append((b"vary", b"origin"))
+        return headers
+
+    def _start_timers(self, out: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._relay.settings.sse_ping_interval
+        self._timers.append(loop.call_later(interval, self._tick, out, interval))
+        if self._expires is not None:
+            delay = max(0.0, self._expires - time.time())
+            self._timers.append(loop.call_later(delay, self.request_close, 0, TOKEN_EXPIRED))
+
+    async def _write(self, sub: Subscription, out: Stream) -> None:
+        """The subscription's events, in order, until the stream ends (as a WebSocket consumer's)."""
+        backoff: Backoff | None = None  # made on the first failure
+        while self._closing is None and not self._gone:
+            if self._ping_due:
+                self._ping_due = False
+                await out.send_raw(events.PING)
+                self._progress = True
+            try:
+                batch = await sub.take()
+            except BrokerError as exc:  # Redis is away: keep the stream, try again
+                backoff = backoff or Backoff()
+                log.warning("catch-up read on %r failed (%s); retrying", sub.channel, exc)
+                with contextlib.suppress(TimeoutError):  # the end, or a ping, cuts the pause short
+                    await asyncio.wait_for(self._wake.wait(), backoff.failed())
+                continue
+            if backoff is not None:
+                backoff.reset()
+            if not batch:
+                if out.direct:
+                    sub.park(out)  # live events go straight to the transport meanwhile
+                await self._wake.wait()
+                continue
+            await out.send(batch)
+            self._progress = True
+            metrics.DELIVERED.inc(len(batch))
+            await asyncio.sleep(0)  # a catch-up page must not hold the loop (see consumer.py)
+
+    def _tick(self, out: Stream, interval: float) -> None:
+        """Every ping interval: a ping for a client that reads; a client that has read nothing
+        for two intervals in a row is cut off."""
+        if out.writable or self._progress:
+            self._stalled = 0
+            self._ping_due = True
+            self._wake.set()
+        else:
+            self._stalled += 1
+            if self._stalled >= 2:
+                self._closing = f"the client read nothing for {2 * interval:g}s: cut off"
+                self._gone = True
+                out.abort()
+                self._wake.set()
+                return
+        self._progress = False
+        self._timers[0] = asyncio.get_running_loop().call_later(interval, self._tick, out, interval)
+
+    async def _until_gone(self, receive: Receive) -> None:
+        """Wait for the client to leave (the request has no body worth reading)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self._wake.set()
+
+    async def _end(self, send: Send) -> None:
+        """The body's end, unless the client is gone; bounded for a client that reads nothing."""
+        if self._gone:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                send({"type": "http.response.body", "body": b"", "more_body": False}),
+                self._relay.settings.ws_ping_timeout,
+            )

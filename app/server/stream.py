@@ -1,0 +1,133 @@
+"""A streamed HTTP response written straight to its transport: the fast path of Server-Sent Events.
+
+Through ASGI every event would be an ``http.response.body`` message that uvicorn frames as a
+chunk for that one response. A message fanned out to many streams is the same event for all of
+them, made once and already framed as a chunk (:attr:`app.fanout.sink.Frame.event`), so the relay
+writes those bytes to each stream's transport, as :mod:`app.server.wire` does for WebSockets.
+
+``relay serve`` runs uvicorn with :class:`app.server.http.HttpProtocol`, which puts each request's
+cycle in the ASGI scope extension ``relay.http``. A response takes the fast path only once its
+head went out through ASGI with chunked encoding (no ``Content-Length``): from then on uvicorn
+writes nothing of its own until the body's end, which also goes through ASGI. Where the extension
+is missing (another server, the test client) every event goes through ASGI (:class:`AsgiStream`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+from starlette.types import Scope, Send
+
+from app.fanout.sink import Frame
+from app.protocol import events
+
+EXTENSION: Final = "relay.http"
+
+
+class Gone(Exception):
+    """The client went away: nothing more can be written."""
+
+
+class Stream(Protocol):
+    """Where a streamed response's events go (a :class:`app.fanout.sink.Sink`, and more)."""
+
+    @property
+    def direct(self) -> bool:
+        """Whether ``write`` can succeed (the fan-out may write here itself)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """Whether the transport takes data now (True where that cannot be known: ASGI)."""
+        ...
+
+    def write(self, frame: Frame) -> bool:
+        """Write the frame's event now, without waiting, or return False (nothing written)."""
+        ...
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        """Write the frames' events in order, waiting while the transport takes no data; raises
+        :class:`Gone` when the client is gone."""
+
+    async def send_raw(self, data: bytes) -> None:
+        """The same for bytes of the event stream not made from a frame (the first event, pings)."""
+
+    def abort(self) -> None:
+        """Drop the connection at once (a client that reads nothing)."""
+
+
+class DirectStream:
+    """Events written to the transport of the response's cycle (uvicorn's httptools protocol)."""
+
+    __slots__ = ("_cycle",)
+
+    direct: Final = True
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle  # uvicorn.protocols.http.httptools_impl.RequestResponseCycle
+
+    @property
+    def writable(self) -> bool:
+        cycle = self._cycle
+        return not (cycle.disconnected or cycle.flow.write_paused or cycle.transport.is_closing())
+
+    def write(self, frame: Frame) -> bool:
+        if self.writable:
+            try:
+                self._cycle.transport.write(frame.event)
+                return True
+            except RuntimeError:  # uvloop: the handle closed before the protocol heard
+                pass
+        return False
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        await self._send(frames[0].event if len(frames) == 1 else b"".join([f.event for f in frames]))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self._send(events.chunk(data))
+
+    def abort(self) -> None:
+        self._cycle.transport.abort()
+
+    async def _send(self, framed: bytes) -> None:
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected or cycle.transport.is_closing():
+            raise Gone
+        try:
+            cycle.transport.write(framed)
+        except RuntimeError as exc:
+            raise Gone from exc
+
+
+class AsgiStream:
+    """Events as ASGI ``http.response.body`` messages: for servers without the extension."""
+
+    __slots__ = ("_send",)
+
+    direct: Final = False
+    writable: Final = True
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    def write(self, frame: Frame) -> bool:
+        return False
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        await self.send_raw(b"".join([events.unchunk(f.event) for f in frames]))
+
+    async def send_raw(self, data: bytes) -> None:
+        # a server drops what is sent after the client left; the stream hears of it from receive()
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    def abort(self) -> None:
+        """ASGI has no way to: the stream ends, and the server deals with the connection."""
+
+
+def stream_of(scope: Scope, send: Send) -> Stream:
+    """The response's direct stream when the server offers one, else ASGI's."""
+    extension = scope.get("extensions", {}).get(EXTENSION)
+    return DirectStream(extension["cycle"]) if extension is not None else AsgiStream(send)
