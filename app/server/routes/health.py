@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import __version__
 from app.errors import BrokerError
 from app.server.routes.common import relay_of
 
@@ -16,7 +17,7 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz() -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
 @router.get("/readyz")
