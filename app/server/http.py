@@ -88,6 +88,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, ErrorCode, str] | None = None
         self._refusal_waits = False  # for the answer to an earlier request on the connection
         self._linger: asyncio.TimerHandle | None = None
+        self.resumes = 0  # times the transport took data again after a pause
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -167,7 +168,11 @@ class HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # a request (not an upgrade): a new cycle
             # what lets a streamed response write its prepared chunks itself (app.server.stream)
-            self.scope["extensions"] = {STREAM_EXTENSION: {"cycle": cycle}}
+            self.scope["extensions"] = {STREAM_EXTENSION: {"cycle": cycle, "protocol": self}}
+
+    def resume_writing(self) -> None:
+        self.resumes += 1  # the client read what was waiting: a stream's sign of life
+        super().resume_writing()
 
     # -- refusals ------------------------------------------------------------------------------------
 

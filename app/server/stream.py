@@ -53,6 +53,11 @@ class Stream(Protocol):
     async def send_raw(self, data: bytes) -> None:
         """The same for bytes of the event stream not made from a frame (the first event, pings)."""
 
+    @property
+    def resumes(self) -> int:
+        """How many times the transport took data again after a pause (0 where unknown)."""
+        ...
+
     def abort(self) -> None:
         """Drop the connection at once (a client that reads nothing)."""
 
@@ -60,12 +65,18 @@ class Stream(Protocol):
 class DirectStream:
     """Events written to the transport of the response's cycle (uvicorn's httptools protocol)."""
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "_protocol")
 
     direct: Final = True
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: Any, protocol: Any) -> None:
         self._cycle = cycle  # uvicorn.protocols.http.httptools_impl.RequestResponseCycle
+        self._protocol = protocol  # app.server.http.HttpProtocol
+
+    @property
+    def resumes(self) -> int:
+        resumes: int = self._protocol.resumes
+        return resumes
 
     @property
     def writable(self) -> bool:
@@ -109,6 +120,7 @@ class AsgiStream:
 
     direct: Final = False
     writable: Final = True
+    resumes: Final = 0
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -130,4 +142,6 @@ class AsgiStream:
 def stream_of(scope: Scope, send: Send) -> Stream:
     """The response's direct stream when the server offers one, else ASGI's."""
     extension = scope.get("extensions", {}).get(EXTENSION)
-    return DirectStream(extension["cycle"]) if extension is not None else AsgiStream(send)
+    if extension is None:
+        return AsgiStream(send)
+    return DirectStream(extension["cycle"], extension["protocol"])

@@ -95,6 +95,7 @@ class EventStream(Response):
         self._ping_due = False
         self._progress = False  # something was written since the last tick
         self._stalled = 0  # ticks in a row that found the client reading nothing
+        self._resumes = 0  # the transport's resumes at the last tick
         self._timers: list[asyncio.TimerHandle] = []
 
     def request_close(self, code: int, reason: str) -> None:
@@ -190,9 +191,11 @@ class EventStream(Response):
             await asyncio.sleep(0)  # a catch-up page must not hold the loop (see consumer.py)
 
     def _tick(self, out: Stream, interval: float) -> None:
-        """Every ping interval: a ping for a client that reads; a client that has read nothing
-        for two intervals in a row is cut off."""
-        if out.writable or self._progress:
+        """Every ping interval: a ping for a client that reads; one whose transport took no data
+        at two ticks in a row, with nothing written and no resume in between, is cut off."""
+        resumes = out.resumes
+        if out.writable or self._progress or resumes != self._resumes:
+            self._resumes = resumes
             self._stalled = 0
             self._ping_due = True
             self._wake.set()
