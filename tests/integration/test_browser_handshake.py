@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
 
 from tests.conftest import RelayFactory
+from tests.integration.browsers import chromium
 from tests.integration.test_balancer import balanced
 from tests.support import free_port, timeout
 
@@ -78,20 +77,8 @@ def page_url() -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    """Headless Chromium from Debian's packages, driven by its own chromedriver: nothing downloaded."""
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.fail("chromium and chromium-driver are not installed (scripts/test installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    chrome = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-    chrome.set_script_timeout(timeout(20))
-    try:
+    with chromium() as chrome:
         yield chrome
-    finally:
-        chrome.quit()
 
 
 def open_socket(browser: Any, page_url: str, url: str, cookies: int) -> dict[str, Any]:
