@@ -23,7 +23,8 @@ from app.settings import Settings
 
 
 class RelayApp(FastAPI):
-    """FastAPI, with the relay's WebSocket endpoints dispatched ahead of it (:mod:`app.server.sockets`)."""
+    """FastAPI, with the relay's WebSocket endpoints (:mod:`app.server.sockets`) and event streams
+    (:mod:`app.server.routes.events`) dispatched ahead of it."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -32,6 +33,12 @@ class RelayApp(FastAPI):
                 endpoint, channel = found
                 scope["app"] = self
                 await endpoint(WebSocket(scope, receive, send), channel)
+                return
+        elif scope["type"] == "http":
+            streamed = events.match(scope)
+            if streamed is not None:
+                scope["app"] = self
+                await events.serve(scope, receive, send, streamed)
                 return
         await super().__call__(scope, receive, send)
 
@@ -51,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await relay.stop()
 
     app = RelayApp(title="relay", version=__version__, lifespan=lifespan)
-    for module in (events, channels, health, browser):
+    for module in (channels, health, browser):
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app

@@ -32,6 +32,7 @@ import logging
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -89,6 +90,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal_waits = False  # for the answer to an earlier request on the connection
         self._linger: asyncio.TimerHandle | None = None
         self.resumes = 0  # times the transport took data again after a pause
+        self.on_lost: Callable[[], None] | None = None  # a stream's: told when the client is gone
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -100,6 +102,8 @@ class HttpProtocol(HttpToolsProtocol):
         if self._linger is not None:
             self._linger.cancel()
         super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's own, but for a refusal raised from a callback, answered as itself."""

@@ -14,10 +14,12 @@ is missing (another server, the test client) every event goes through ASGI (:cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.fanout.sink import Frame
 from app.protocol import events
@@ -61,6 +63,12 @@ class Stream(Protocol):
     def abort(self) -> None:
         """Drop the connection at once (a client that reads nothing)."""
 
+    def watch(self, left: Callable[[], None]) -> None:
+        """Call ``left`` once the client has gone away."""
+
+    async def unwatch(self) -> None:
+        """Stop watching (the stream is over)."""
+
 
 class DirectStream:
     """Events written to the transport of the response's cycle (uvicorn's httptools protocol)."""
@@ -101,6 +109,12 @@ class DirectStream:
     def abort(self) -> None:
         self._cycle.transport.abort()
 
+    def watch(self, left: Callable[[], None]) -> None:
+        self._protocol.on_lost = left  # told by the protocol's connection_lost: no task per stream
+
+    async def unwatch(self) -> None:
+        self._protocol.on_lost = None
+
     async def _send(self, framed: bytes) -> None:
         cycle = self._cycle
         if cycle.flow.write_paused and not cycle.disconnected:
@@ -116,14 +130,16 @@ class DirectStream:
 class AsgiStream:
     """Events as ASGI ``http.response.body`` messages: for servers without the extension."""
 
-    __slots__ = ("_send",)
+    __slots__ = ("_listener", "_receive", "_send")
 
     direct: Final = False
     writable: Final = True
     resumes: Final = 0
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
         self._send = send
+        self._listener: asyncio.Task[None] | None = None
 
     def write(self, frame: Frame) -> bool:
         return False
@@ -138,10 +154,24 @@ class AsgiStream:
     def abort(self) -> None:
         """ASGI has no way to: the stream ends, and the server deals with the connection."""
 
+    def watch(self, left: Callable[[], None]) -> None:
+        self._listener = asyncio.get_running_loop().create_task(self._until_gone(left))
 
-def stream_of(scope: Scope, send: Send) -> Stream:
+    async def unwatch(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _until_gone(self, left: Callable[[], None]) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # the request's body: a GET has none worth reading
+        left()
+
+
+def stream_of(scope: Scope, receive: Receive, send: Send) -> Stream:
     """The response's direct stream when the server offers one, else ASGI's."""
     extension = scope.get("extensions", {}).get(EXTENSION)
     if extension is None:
-        return AsgiStream(send)
+        return AsgiStream(receive, send)
     return DirectStream(extension["cycle"], extension["protocol"])

@@ -173,6 +173,8 @@ def test_last_event_id_resumes_exactly_and_a_gap_is_told_on_every_reconnect(
                 assert "id" not in gap
                 assert json.loads(gap["data"]) == {"from": ids[1], "next": retained[0]}
                 assert message_ids(rest) == retained
+        # each client that left ended its stream (the relay heard of it, with nothing to write)
+        wait_until(lambda: connections(instance, "events") == 0, 5, "the streams of gone clients to end")
     finally:
         instance.stop()
 

@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
 from app.backoff import Backoff
@@ -37,26 +36,46 @@ from app.server.routes.common import DRAINING_DETAIL, auth_response, authorize, 
 from app.server.stream import Gone, Stream, stream_of
 from app.wakeup import Wakeup
 
-router = APIRouter()
 log = logging.getLogger("relay.events")
 
 ROLE: Final = "events"
-MEDIA_TYPE: Final = "text/event-stream"
 RETRY_MS: Final = 1000
 """How long an EventSource waits before it reconnects after a stream ended (``retry:``)."""
 TOKEN_EXPIRED: Final = "token expired: reconnect with a new token"
+_PREFIX: Final = "/channels/"
+_SUFFIX: Final = "/events"
 
 
-@router.get("/channels/{channel:path}/events")
-async def events_of(
-    request: Request, channel: str, from_: Annotated[str | None, Query(alias="from")] = None
-) -> Response:
+def match(scope: Scope) -> str | None:
+    """The channel of a ``GET /channels/{channel}/events`` request (without the root path), or None.
+
+    Streams are served ahead of FastAPI (:class:`app.server.app.RelayApp`), as WebSockets are: a
+    stream lives for hours, and FastAPI's routing, middleware and exit-stack frames kept alive
+    under it were a third of its memory."""
+    if scope["method"] != "GET":
+        return None
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if len(path) > len(_PREFIX) + len(_SUFFIX) and path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+        # slashes and dot segments included: the channel rule refuses them with 400
+        return path[len(_PREFIX) : -len(_SUFFIX)]
+    return None
+
+
+async def serve(scope: Scope, receive: Receive, send: Send, channel: str) -> None:
     """Follow a channel as Server-Sent Events: ``subscribed``, then ``message`` and ``gap`` events."""
+    await admit(Request(scope, receive), channel)(scope, receive, send)
+
+
+def admit(request: Request, channel: str) -> ASGIApp:
+    """The stream, or the response that refuses it (before anything is streamed)."""
     relay = relay_of(request)
     resume = request.headers.get("last-event-id") or None  # EventSource sends it on reconnect
     try:
         names.check_channel(channel)
-        position = names.parse_position(resume if resume is not None else from_)
+        position = names.parse_position(resume if resume is not None else request.query_params.get("from"))
         grant = authorize(request, relay, channel, publish=False)
     except ProtocolError as exc:
         return error_response(400, exc.code, exc.detail)
@@ -76,13 +95,12 @@ async def events_of(
     return EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client))
 
 
-class EventStream(Response):
+class EventStream:
     """One stream: an ASGI response that lives as long as the subscription it serves."""
 
     def __init__(
         self, relay: Relay, channel: str, position: Position, expires: float | None, cors: str, peer: str
     ) -> None:
-        super().__init__(media_type=MEDIA_TYPE)
         self._relay = relay
         self.channel = channel
         self._position = position
@@ -122,8 +140,8 @@ class EventStream(Response):
 
     async def _serve(self, sub: Subscription, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._event_headers()})
-        out = stream_of(scope, send)
-        listener = asyncio.get_running_loop().create_task(self._until_gone(receive))
+        out = stream_of(scope, receive, send)
+        out.watch(self._left)
         self._start_timers(out)
         metrics.CONNECTIONS.labels(ROLE).inc()
         connection_log = ConnectionLog(ROLE, self.channel, self._peer)
@@ -137,9 +155,7 @@ class EventStream(Response):
             metrics.CONNECTIONS.labels(ROLE).dec()
             for timer in self._timers:
                 timer.cancel()
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await out.unwatch()
             await self._end(send)
             connection_log.closed(None, self._closing or "", "client" if self._gone else "relay")
 
@@ -210,10 +226,8 @@ class EventStream(Response):
         self._progress = False
         self._timers[0] = asyncio.get_running_loop().call_later(interval, self._tick, out, interval)
 
-    async def _until_gone(self, receive: Receive) -> None:
-        """Wait for the client to leave (the request has no body worth reading)."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    def _left(self) -> None:
+        """The client went away."""
         self._gone = True
         self._wake.set()
 
