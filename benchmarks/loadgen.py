@@ -5,7 +5,9 @@ It connects the consumers and producers of its ``WorkerPlan`` and follows the li
 ``ts``), a clock read, a histogram increment and an order check; everything else is counted per
 group and reported once, at the end. A consumer is one subscription: on its own connection
 (``/ws/consumer/C``), or one of several sharing a ``/ws`` connection (``Multiplexed``), which hands
-each frame to the consumer of the channel it names (one more regex).
+each frame to the consumer of the channel it names (one more regex), or a Server-Sent Events stream
+(an ``http://`` URL: ``/channels/C/events``, :mod:`benchmarks.sseclient`), whose ``message`` events'
+data go through the same path as a WebSocket frame's text.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import orjson
 import uvloop
 
 from benchmarks import plan as wire
-from benchmarks import wsclient
+from benchmarks import sseclient, wsclient
 from benchmarks.histogram import Histogram
 from benchmarks.plan import GroupPlan, ProducerPlan, WorkerPlan
 
@@ -75,6 +77,7 @@ class Consumer:
         "caught_up_ms",
         "channel",
         "connection",
+        "disorder",
         "dups",
         "errors",
         "expected",
@@ -94,7 +97,7 @@ class Consumer:
         self.channel = channel
         self.group = group
         self.relay_frames = relay_frames
-        self.connection: wsclient.WsConnection | None = None
+        self.connection: wsclient.WsConnection | sseclient.SseConnection | None = None
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_seq = group.plan.first_seq - 1
         self.unique = 0  # messages received in order (each seq once)
@@ -102,6 +105,7 @@ class Consumer:
         self.skipped = 0  # seqs jumped over (a hole; for queue semantics, the other consumers' share)
         self.gaps = 0
         self.errors = 0
+        self.disorder = 0  # SSE: a message id not above the previous one on the stream
         self.expected = 0
         self.since_ms = math.inf
         self.caught_up_ms = 0.0  # receipt of the first message published after it connected
@@ -141,6 +145,21 @@ class Consumer:
                 self.subscribed.set_exception(Refused(data[:200].decode(errors="replace")))
         else:
             self.group.foreign += 1
+
+    # -- a Server-Sent Events stream's other events (sseclient.EventHandler) ------------------------
+
+    def on_subscribed(self) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_result(None)
+
+    def on_gap(self) -> None:
+        self.gaps += 1
+
+    def on_disorder(self) -> None:
+        self.disorder += 1
+
+    def on_unknown(self, block: bytes) -> None:
+        self.group.foreign += 1
 
     @property
     def dropped(self) -> bool:
@@ -336,7 +355,10 @@ class Worker:
         consumer.since_ms = now_ms()
         timeout = self.plan.connect_timeout_s
         try:
-            consumer.connection = await wsclient.connect(consumer.url, consumer.on_text, timeout)
+            if consumer.url.startswith("http://"):  # a Server-Sent Events stream
+                consumer.connection = await sseclient.connect(consumer.url, consumer, timeout)
+            else:
+                consumer.connection = await wsclient.connect(consumer.url, consumer.on_text, timeout)
             if self.plan.relay_frames:
                 await asyncio.wait_for(consumer.subscribed, timeout)
         except (OSError, TimeoutError, wsclient.HandshakeFailed, ValueError, Refused) as exc:
@@ -495,6 +517,7 @@ class Worker:
             "dups": sum(c.dups for c in consumers),
             "skipped": sum(c.skipped for c in consumers),
             "gaps": sum(c.gaps for c in consumers),
+            "disorder": sum(c.disorder for c in consumers),
             "errors": sum(c.errors for c in consumers),
             "foreign": stats.foreign,
             "dropped": sum(1 for c in connected if c.dropped),

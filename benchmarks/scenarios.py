@@ -6,6 +6,7 @@
 ``S3``                    ingest: producers keeping a window of messages unacknowledged
 ``S4``                    idle consumers on the first instance: memory and Redis connections
 ``M1``                    one ``/ws`` socket following many channels, against a socket per channel
+``E1``                    Server-Sent Events streams against ``/ws/consumer`` sockets, loaded alike
 ``many-channels``         one consumer and one producer per channel, one message per channel a second
 ``resume-storm``          consumers resuming a long backlog at once while live consumers are watched
 ========================  ===========================================================================
@@ -34,7 +35,7 @@ from benchmarks.report import Row, ScenarioResult
 from benchmarks.servers import Target
 from benchmarks.trial import Load, Log, Outcome
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "M1", "many-channels", "resume-storm")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "M1", "E1", "many-channels", "resume-storm")
 DEFAULT: Final = tuple(s for s in SCENARIOS if s != "S2")  # S2 is long: only when named (or "all")
 
 
@@ -58,6 +59,10 @@ class Params:
     mux_channels: int = 50
     mux_rate: float = 500.0  # messages per second, over all the channels
     mux_s: float = 8.0
+    sse_streams: int = 500  # E1: connections in each mode (SSE streams, then /ws/consumer sockets)
+    sse_channels: int = 5  # channels of each mode, the connections spread evenly over them
+    sse_rate: float = 300.0  # messages per second, over all the channels of a mode
+    sse_s: float = 8.0
     channels: int = 2000
     channel_rate: float = 1.0
     channels_s: float = 15.0
@@ -87,6 +92,10 @@ QUICK: Final = Params(
     mux_channels=10,
     mux_rate=100.0,
     mux_s=2.0,
+    sse_streams=40,
+    sse_channels=2,
+    sse_rate=100.0,
+    sse_s=2.0,
     channels=100,
     channels_s=3.0,
     backlog=500,
@@ -201,6 +210,8 @@ def _integrity(target: Target, group: trial.Group) -> list[str]:
         notes.append(f"{counts['failed']} consumers failed to connect ({group.failures[0]})")
     if counts["dropped"]:
         notes.append(f"{counts['dropped']} consumers dropped")
+    if counts.get("disorder"):
+        notes.append(f"{counts['disorder']} SSE ids out of order")
     if counts["errors"] or counts["foreign"]:
         notes.append(f"error frames {counts['errors']}, unparsed frames {counts['foreign']}")
     return notes
@@ -412,13 +423,24 @@ async def multiplexed(target: Target, ctx: Context) -> list[ScenarioResult]:
     p = ctx.params
     if not 1 <= p.mux_per_socket <= p.mux_channels:
         raise SetupFailed(f"expected 1 <= mux_per_socket <= mux_channels, got {p.mux_per_socket}")
-    loads = [_m1_load(target, ctx, mux=False), _m1_load(target, ctx, mux=True)]
+    # a socket each first: memory earlier scenarios freed is used again by the first set, so its
+    # growth is the one that may be under-counted (never the /ws one's ratio flattered)
+    single, mux = await _in_turn(
+        ctx, target, [_m1_load(target, ctx, mux=False), _m1_load(target, ctx, mux=True)]
+    )
+    sockets = p.mux_sockets * p.mux_per_socket
+    return [
+        _subscriptions_result(target, M1_MUX, mux, p.mux_sockets, versus=M1_SINGLE),
+        _subscriptions_result(target, M1_SINGLE, single, sockets, versus=None),
+    ]
+
+
+async def _in_turn(ctx: Context, target: Target, loads: list[Load]) -> list[Outcome]:
+    """Every load's set connected, one after the other, and held; then each in turn loaded and closed."""
     longer_s = sum(trial.bound_s(load) for load in loads)
     trials: list[trial.Trial] = []
     outcomes: list[Outcome] = []
     try:
-        # a socket each first: memory earlier scenarios freed is used again by the first set, so
-        # its growth is the one that may be under-counted (never the /ws one's ratio flattered)
         for load in loads:
             trials.append(await ctx.start_trial(target, load, longer_s))
             await trials[-1].connect()
@@ -426,17 +448,12 @@ async def multiplexed(target: Target, ctx: Context) -> list[ScenarioResult]:
             await asyncio.sleep(2.0)  # the servers done with the previous phase (closes included)
             await each.measure()
             outcomes.append(await each.finish())  # loadgen CPU% is then over this set's load alone
-            outcomes[-1].redis_conns = each.redis_added  # the peak after production counts both sets
+            outcomes[-1].redis_conns = each.redis_added  # the peak after production counts every set
             await each.close()
     finally:
         for each in trials:
             await each.close()
-    single, mux = outcomes
-    sockets = p.mux_sockets * p.mux_per_socket
-    return [
-        _m1_result(target, M1_MUX, mux, p.mux_sockets, versus=M1_SINGLE),
-        _m1_result(target, M1_SINGLE, single, sockets, versus=None),
-    ]
+    return outcomes
 
 
 def _m1_load(target: Target, ctx: Context, mux: bool) -> Load:
@@ -465,7 +482,7 @@ def _m1_load(target: Target, ctx: Context, mux: bool) -> Load:
     )
 
 
-def _m1_result(
+def _subscriptions_result(
     target: Target, scenario: str, outcome: Outcome, sockets: int, versus: str | None
 ) -> ScenarioResult:
     group = outcome.groups["consumers"]
@@ -478,6 +495,59 @@ def _m1_result(
     )
     details = _details(outcome, sockets=sockets, subscriptions=subscriptions)
     return ScenarioResult(row, details, outcome.workers)
+
+
+# -- E1: Server-Sent Events against WebSocket consumers ------------------------------------------------
+
+E1_SSE: Final = "E1 SSE"
+E1_WS: Final = "E1 WebSocket"
+
+
+async def event_streams(target: Target, ctx: Context) -> list[ScenarioResult]:
+    """``sse_streams`` ``GET /channels/C/events`` streams against as many ``/ws/consumer/C`` sockets.
+
+    As M1: both sets held connected at once, each on channels of its own with a producer per
+    channel, then each in turn published to (the same rate) and closed. The WebSocket set connects
+    first: memory earlier scenarios freed goes to it, which can only raise SSE ÷ WebSocket.
+    """
+    if not target.relay_frames:
+        return [ScenarioResult(Row(target.name, "E1", status="n/a: no /channels/C/events"))]
+    p = ctx.params
+    if not 1 <= p.sse_channels <= p.sse_streams:
+        raise SetupFailed(f"expected 1 <= sse_channels <= sse_streams, got {p.sse_channels}")
+    loads = [_e1_load(target, ctx, sse=False), _e1_load(target, ctx, sse=True)]
+    websocket, sse = await _in_turn(ctx, target, loads)
+    return [
+        _subscriptions_result(target, E1_SSE, sse, p.sse_streams, versus=E1_WS),
+        _subscriptions_result(target, E1_WS, websocket, p.sse_streams, versus=None),
+    ]
+
+
+def _e1_load(target: Target, ctx: Context, sse: bool) -> Load:
+    """``sse_streams`` consumers over ``sse_channels`` (round-robin over the instances), a producer each."""
+    p = ctx.params
+    urls = target.urls
+    channels = [ctx.channel(target, f"e1-{'sse' if sse else 'ws'}-{i}") for i in range(p.sse_channels)]
+    consumers = []
+    for i in range(p.sse_streams):
+        url, channel = urls[i % len(urls)], channels[i % len(channels)]
+        if sse:
+            consumers.append((f"{url.replace('ws://', 'http://', 1)}/channels/{channel}/events", channel))
+        else:
+            consumers.append((f"{url}/ws/consumer/{channel}", channel))
+    rate = p.sse_rate / len(channels)
+    producers = [
+        _producer(urls[i % len(urls)], ch, rate=rate, duration_s=p.sse_s, phase_s=(i / len(channels)) / rate)
+        for i, ch in enumerate(channels)
+    ]
+    return Load(
+        label=f"{target.name} {E1_SSE if sse else E1_WS}",
+        groups=[GroupPlan("consumers", consumers)],
+        producers=producers,
+        max_s=p.sse_s + 1.0 / rate + 5.0,
+        drain_s=p.fanout_drain_s,
+        producers_first=True,  # RSS growth is then the consumers' alone
+    )
 
 
 # -- many channels -----------------------------------------------------------------------------------
@@ -626,6 +696,7 @@ _BY_NAME: Final[dict[str, Scenario]] = {
     "S3": ingest,
     "S4": idle,
     "M1": multiplexed,
+    "E1": event_streams,
     "many-channels": many_channels,
     "resume-storm": resume_storm,
 }

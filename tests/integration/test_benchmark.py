@@ -127,3 +127,43 @@ def test_m1_compares_one_socket_for_many_channels_with_a_socket_each(
 
     leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
     assert leftovers == []
+
+
+@pytest.mark.timeout(60)
+def test_e1_compares_server_sent_events_with_websocket_consumers(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    json_path = tmp_path / "e1.json"
+    result = run_benchmark(redis_url, json_path, "--no-baselines", "--param", "sse_s=1", "E1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    document = json.loads(json_path.read_text())
+    params = document["config"]["params"]
+    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
+    assert set(found) == {"E1 SSE", "E1 WebSocket"}
+    messages = int(params["sse_rate"] * params["sse_s"])
+    assert messages == 100  # --param applied
+    for scenario in ("E1 SSE", "E1 WebSocket"):
+        row, details = found[scenario]["row"], found[scenario]["details"]
+        consumers = details["groups"]["consumers"]
+        assert row["status"] == "ok", row
+        assert row["loss"] == 0
+        assert details["messages_stored"] == messages
+        assert (details["sockets"], details["subscriptions"]) == (params["sse_streams"],) * 2
+        # every message reached every consumer of its channel, once, in order (SSE: by id too)
+        assert (
+            consumers["unique"]
+            == consumers["expected"]
+            == messages * params["sse_streams"] // params["sse_channels"]
+        )
+        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
+        assert consumers["disorder"] == consumers["dropped"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["cpu_us"] > 0
+        assert row["rss_kb_per_conn"] is not None  # at this size mostly allocator noise
+    (ratio,) = document["versus_ratios"]
+    assert (ratio["scenario"], ratio["versus"]) == ("E1 SSE", "E1 WebSocket")
+    assert ratio["cpu_us"] > 0
+    assert "E1 WebSocket" in result.stdout
+
+    leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
+    assert leftovers == []
