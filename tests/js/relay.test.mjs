@@ -71,7 +71,12 @@ test("a subscription resumes after its last message, drops what it saw, and repo
   const { relay, socket } = await connected();
   const got = [];
   const gaps = [];
-  const sub = relay.subscribe("orders", { from: "0" }, { onMessage: (m) => got.push(m.id), onGap: (g) => gaps.push(g) });
+  const subscribed = [];
+  const sub = relay.subscribe("orders", { from: "0" }, {
+    onMessage: (m) => got.push(m.id),
+    onGap: (g) => gaps.push(g),
+    onSubscribed: (p) => subscribed.push(p.id),
+  });
   assert.deepEqual(socket.last("subscribe"), { type: "subscribe", channel: "orders", from: "0", presence: false, ref: 1 });
   socket.reply("subscribe", { type: "subscribed", channel: "orders", id: "0-0" });
   socket.frame({ type: "message", channel: "orders", id: "5-0", data: 1 });
@@ -87,6 +92,7 @@ test("a subscription resumes after its last message, drops what it saw, and repo
   next.frame({ type: "message", channel: "orders", id: "20-0", data: 3 });
   assert.deepEqual(got, ["5-0", "10-1", "20-0"]);
   assert.deepEqual(gaps, [{ channel: "orders", from: "10-1", next: "20-0" }]);
+  assert.deepEqual(subscribed, ["0-0", "10-1"]);
   relay.close();
 });
 

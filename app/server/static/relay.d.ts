@@ -59,6 +59,8 @@ export interface Handlers<T = unknown> {
   onGap?(gap: Gap): void;
   onJoin?(client: Client): void;
   onLeave?(client: Client): void;
+  /** The relay follows the channel for this connection from `id` on (after every (re)connect). */
+  onSubscribed?(position: { channel: string; id: string }): void;
   /** The relay refused the subscription (forbidden, invalid_channel, ...): it has ended. */
   onError?(error: RelayError): void;
 }

@@ -155,7 +155,7 @@ export class Relay {
    * Follow a channel.
    * @param {string} channel
    * @param {{from?: string, presence?: boolean}} [options]
-   * @param {object} [handlers] onMessage, onGap, onJoin, onLeave, onError
+   * @param {object} [handlers] onMessage, onGap, onJoin, onLeave, onSubscribed, onError
    */
   subscribe(channel, options = {}, handlers = {}) {
     if (this._closed) throw new RelayError("closed", "the relay connection was closed", channel);
@@ -331,6 +331,7 @@ export class Relay {
       if (reply.type === "subscribed") {
         if (sub.position === "$" || sub.position === "0") sub.position = reply.id;
         sub.subscribed = true;
+        sub._call("onSubscribed", { channel: sub.channel, id: reply.id });
       } else if (reply.type === "error" && RETRIED_ERRORS.has(reply.code)) {
         this._later(this._retryDelay(sub), () => this._open && sub.active && this._sendSubscribe(sub));
       } else {
