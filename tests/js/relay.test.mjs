@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Relay, RelayError, compareIds } from "../../app/server/static/relay.js";
+import { Relay, RelayError, Subscription, VERSION, compareIds } from "../../app/server/static/relay.js";
 
 /** A WebSocket the test drives: it records what the client sends and delivers what the test says. */
 class FakeSocket {
@@ -22,10 +22,13 @@ class FakeSocket {
   }
   // the relay's side
   frame(value) {
-    this.onmessage({ data: JSON.stringify(value) });
+    this.onmessage?.({ data: JSON.stringify(value) }); // a detached socket's handlers are null
   }
-  drop(code = 1006) {
-    this.onclose({ code, reason: "" });
+  drop(code = 1006, reason = "") {
+    this.onclose?.({ code, reason });
+  }
+  count(type) {
+    return this.sent.filter((f) => f.type === type).length;
   }
   last(type) {
     return this.sent.filter((f) => f.type === type).at(-1);
@@ -202,7 +205,9 @@ test("the state goes connecting, connected, connecting on a drop, connected agai
   relay.onstate = (s) => states.push(s);
   const { socket } = await connected({ relay });
   await reconnect(relay, socket);
-  assert.deepEqual(states, ["connected", "connecting", "connected"]);
+  assert.deepEqual(states, ["connecting", "connected", "connecting", "connected"]);
+  assert.equal(relay.state, "connected");
+  assert.equal(relay.client, "c.".concat(FakeSocket.made.length));
   assert.equal(relay.connects, 2);
   relay.close();
 });
@@ -239,9 +244,194 @@ test("a connection that answers its pings is kept", async () => {
   relay.close();
 });
 
-test("stream ids compare by time, then sequence", () => {
+test("stream ids compare by time, then sequence; VERSION is a version", () => {
+  assert.match(VERSION, /^\d+\.\d+\.\d+/);
+  assert.throws(() => compareIds("$", "1-0"), TypeError);
   assert.ok(compareIds("10-0", "9-5") > 0);
   assert.ok(compareIds("10-2", "10-10") < 0);
   assert.equal(compareIds("17-3", "17-3"), 0);
   assert.ok(compareIds("1732540000000-0", "1732539999999-99") > 0);
+});
+
+// -- more of the contract ---------------------------------------------------------------------------
+
+const jwt = (claims) =>
+  ["{}", JSON.stringify(claims), "sig"].map((part) => Buffer.from(part).toString("base64url")).join(".");
+
+test("base URLs of every scheme map to /ws; a string token goes in the query as is", async () => {
+  const cases = [
+    ["https://relay.example", "wss://relay.example/ws"],
+    ["http://relay.example:8000/", "ws://relay.example:8000/ws"],
+    ["wss://relay.example/pre/fix", "wss://relay.example/pre/fix/ws"],
+    ["ws://127.0.0.1:9", "ws://127.0.0.1:9/ws"],
+  ];
+  for (const [base, expected] of cases) {
+    const relay = new Relay(base, fast);
+    assert.equal(relay.url, expected);
+    relay.close();
+  }
+  assert.throws(() => new Relay("ftp://relay.example", fast), TypeError);
+  const { relay, socket } = await connected({ token: "a.b.c" });
+  assert.equal(socket.url, "ws://relay.test:8080/base/ws?token=a.b.c");
+  relay.close();
+});
+
+test("a token function that fails counts as a failed connect: reported, and tried again", async () => {
+  let calls = 0;
+  const errors = [];
+  const relay = new Relay("http://relay.test", {
+    ...fast,
+    token: () => {
+      calls += 1;
+      if (calls < 3) throw new Error("token server down");
+      return "good";
+    },
+  });
+  relay.onerror = (e) => errors.push(e.code);
+  const { socket } = await connected({ relay });
+  assert.equal(calls, 3);
+  assert.deepEqual(errors, ["token", "token"]);
+  assert.equal(socket.url, "ws://relay.test/ws?token=good");
+  const next = await reconnect(relay, socket, 4401); // expired: a fresh token
+  assert.equal(calls, 4);
+  assert.ok(next.url.endsWith("token=good"));
+  relay.close();
+});
+
+test("a subscription made while disconnected is sent on connect, keeps its presence flag, gets joins and leaves", async () => {
+  const relay = new Relay("http://relay.test", fast);
+  const events = [];
+  const sub = relay.subscribe("room", { from: "0", presence: true }, {
+    onJoin: (c) => events.push(["join", c.client]),
+    onLeave: (c) => events.push(["leave", c.client]),
+  });
+  assert.equal(sub.position, "0");
+  const { socket } = await connected({ relay });
+  assert.deepEqual(socket.last("subscribe"), { type: "subscribe", channel: "room", from: "0", presence: true, ref: 1 });
+  socket.frame({ type: "join", channel: "room", client: { client: "early", user: null, info: null } }); // before subscribed
+  socket.reply("subscribe", { type: "subscribed", channel: "room", id: "0" });
+  assert.equal(await sub.ready, "0");
+  socket.frame({ type: "join", channel: "room", client: { client: "x", user: "u", info: null } });
+  socket.frame({ type: "leave", channel: "room", client: { client: "x", user: "u", info: null } });
+  assert.deepEqual(events, [["join", "x"], ["leave", "x"]]);
+  const next = await reconnect(relay, socket);
+  assert.equal(next.last("subscribe").presence, true);
+  relay.close();
+});
+
+test("frames of an old socket, and of a subscription not yet subscribed again, are ignored", async () => {
+  const { relay, socket } = await connected();
+  const got = [];
+  const sub = relay.subscribe("c", { from: "0" }, { onMessage: (m) => got.push(m.id) });
+  assert.ok(sub instanceof Subscription);
+  assert.equal(sub.subscribed, false);
+  socket.reply("subscribe", { type: "subscribed", channel: "c", id: "0" });
+  assert.equal(sub.subscribed, true);
+  socket.frame({ type: "message", channel: "c", id: "1-0", data: null });
+  socket.drop();
+  assert.equal(sub.subscribed, false);
+  socket.frame({ type: "message", channel: "c", id: "5-0", data: null }); // the old socket: ignored
+  await until(() => FakeSocket.made.at(-1) !== socket, "a new socket");
+  const next = FakeSocket.made.at(-1);
+  next.frame({ type: "connected", client: "again" });
+  next.frame({ type: "message", channel: "c", id: "2-0", data: null }); // before its subscribed reply
+  next.reply("subscribe", { type: "subscribed", channel: "c", id: "1-0" });
+  next.frame({ type: "message", channel: "c", id: "3-0", data: null });
+  assert.deepEqual(got, ["1-0", "3-0"]);
+  assert.equal(sub.active, true);
+  sub.unsubscribe();
+  assert.equal(sub.active, false);
+  relay.close();
+});
+
+test("a subscribe refused as unavailable is sent again; the same gap told twice is reported once", async () => {
+  const { relay, socket } = await connected();
+  const gaps = [];
+  const sub = relay.subscribe("c", { from: "5-0" }, { onGap: (g) => gaps.push(g) });
+  socket.reply("subscribe", { type: "error", code: "unavailable", detail: "Redis away", channel: "c" });
+  await until(() => socket.count("subscribe") === 2, "the subscribe sent again");
+  assert.equal(socket.last("subscribe").from, "5-0");
+  socket.reply("subscribe", { type: "subscribed", channel: "c", id: "5-0" });
+  socket.frame({ type: "gap", channel: "c", from: "5-0", next: "9-0" });
+  const next = await reconnect(relay, socket);
+  next.reply("subscribe", { type: "subscribed", channel: "c", id: "5-0" });
+  next.frame({ type: "gap", channel: "c", from: "5-0", next: "9-0" });
+  assert.equal(gaps.length, 1);
+  assert.equal(sub.position, "5-0"); // a gap does not move the position
+  relay.close();
+});
+
+test("an error frame of no call and a 1008 close go to onerror, never thrown; the client reconnects", async () => {
+  const { relay, socket } = await connected();
+  const errors = [];
+  relay.onerror = (e) => errors.push(e);
+  socket.frame({ type: "error", code: "invalid_frame", detail: "what?" });
+  socket.frame({ type: "error", code: "forbidden", detail: "old", ref: 999 });
+  socket.drop(1008, "flood");
+  await until(() => FakeSocket.made.at(-1) !== socket, "a new socket");
+  assert.deepEqual(errors.map((e) => e.code), ["invalid_frame", "forbidden", "policy"]);
+  assert.ok(errors.every((e) => e instanceof RelayError));
+  assert.match(errors[2].detail, /flood/);
+  relay.close();
+});
+
+test("rate_limited is retried with the same key; too_large rejects; close rejects presence and ready", async () => {
+  const { relay, socket } = await connected();
+  const limited = relay.publish("c", 1);
+  const key = socket.last("publish").key;
+  socket.reply("publish", { type: "error", code: "rate_limited", detail: "slow down", channel: "c" });
+  await until(() => socket.count("publish") === 2, "the retry");
+  const again = socket.last("publish");
+  assert.equal(again.key, key);
+  const next = await reconnect(relay, socket); // dropped before the ack: sent again, once
+  assert.equal(next.count("publish"), 1);
+  assert.equal(next.last("publish").key, key);
+  next.reply("publish", { type: "ack", channel: "c", id: "4-0" });
+  assert.equal(await limited, "4-0");
+
+  const big = relay.publish("c", "x".repeat(10));
+  next.reply("publish", { type: "error", code: "too_large", detail: "over", channel: "c" });
+  await assert.rejects(big, (e) => e.code === "too_large" && e.detail === "over");
+
+  const asked = relay.presence("c");
+  const sub = relay.subscribe("d");
+  relay.close();
+  await assert.rejects(asked, (e) => e instanceof RelayError && e.code === "closed");
+  await assert.rejects(sub.ready, (e) => e.code === "closed");
+  assert.equal(sub.active, false);
+  assert.equal(relay.state, "closed");
+  assert.throws(() => relay.subscribe("e"), (e) => e.code === "closed");
+});
+
+test("the backoff ceiling doubles up to the cap, and starts over only after a stable connection", async () => {
+  const random = Math.random;
+  Math.random = () => 0.999;
+  try {
+    const relay = new Relay("http://relay.test", { ...fast, reconnectDelay: 100, maxReconnectDelay: 1000 });
+    relay.close();
+    const delays = Array.from({ length: 7 }, () => relay._backoff());
+    assert.deepEqual(delays.map(Math.round), [100, 200, 400, 799, 999, 999, 999]);
+  } finally {
+    Math.random = random;
+  }
+  const { relay, socket } = await connected({ stableAfter: 40 });
+  let current = socket;
+  for (let i = 0; i < 3; i++) current = await reconnect(relay, current); // up, then dropped at once
+  assert.ok(relay._attempt >= 3, `attempt ${relay._attempt}`);
+  await until(() => relay._attempt === 0, "the backoff to start over");
+  relay.close();
+});
+
+test("before a function token's exp, a fresh one is sent as refresh; a refusal changes nothing", async () => {
+  const now = Math.floor(Date.now() / 1000);
+  const tokens = [jwt({ exp: now + 3 }), jwt({ exp: now + 3600 })];
+  let calls = 0;
+  const { relay, socket } = await connected({ token: () => tokens[Math.min(calls++, 1)] });
+  assert.equal(calls, 1);
+  await until(() => socket.count("refresh") === 1, "a refresh");
+  assert.equal(socket.last("refresh").token, tokens[1]);
+  socket.reply("refresh", { type: "error", code: "invalid_token", detail: "no" });
+  assert.equal(socket.closed, null);
+  assert.equal(relay.state, "connected");
+  relay.close();
 });
