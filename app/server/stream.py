@@ -67,19 +67,20 @@ class Stream(Protocol):
         """Call ``left`` once the client has gone away."""
 
     async def unwatch(self) -> None:
-        """Stop watching (the stream is over)."""
+        """Stop watching: the stream is over, and nothing more is written but its end."""
 
 
 class DirectStream:
     """Events written to the transport of the response's cycle (uvicorn's httptools protocol)."""
 
-    __slots__ = ("_cycle", "_protocol")
+    __slots__ = ("_cycle", "_done", "_protocol")
 
     direct: Final = True
 
     def __init__(self, cycle: Any, protocol: Any) -> None:
         self._cycle = cycle  # uvicorn.protocols.http.httptools_impl.RequestResponseCycle
         self._protocol = protocol  # app.server.http.HttpProtocol
+        self._done = False  # the stream is over: nothing more may be written (its end comes next)
 
     @property
     def resumes(self) -> int:
@@ -89,7 +90,9 @@ class DirectStream:
     @property
     def writable(self) -> bool:
         cycle = self._cycle
-        return not (cycle.disconnected or cycle.flow.write_paused or cycle.transport.is_closing())
+        return not (
+            self._done or cycle.disconnected or cycle.flow.write_paused or cycle.transport.is_closing()
+        )
 
     def write(self, frame: Frame) -> bool:
         if self.writable:
@@ -113,6 +116,7 @@ class DirectStream:
         self._protocol.on_lost = left  # told by the protocol's connection_lost: no task per stream
 
     async def unwatch(self) -> None:
+        self._done = True
         self._protocol.on_lost = None
 
     async def _send(self, framed: bytes) -> None:

@@ -247,3 +247,59 @@ def test_a_stream_that_reads_nothing_is_cut_off_and_does_not_slow_another(relay:
     finally:
         stuck.close()
     assert "read nothing" in instance.log()
+
+
+def test_a_drained_stream_ends_its_body_and_writes_nothing_after_it(relay: RelayFactory) -> None:
+    """Streams on a kept-alive connection end with the chunked body's last chunk, and no event
+    of the still flowing channel follows it (a proxy reusing the connection would read garbage)."""
+    a, b = relay(drain_grace="0.3").start(), relay().start()
+    sockets = []
+    try:
+        for _ in range(150):
+            sock = socket.create_connection(("127.0.0.1", a.port))
+            sock.sendall(b"GET /channels/kept/events HTTP/1.1\r\nHost: relay\r\n\r\n")
+            sockets.append(sock)
+        wait_until(lambda: connections(a, "events") == 150, 10, "every stream to open")
+        stop = threading.Event()
+
+        def flow() -> None:
+            with httpx.Client(timeout=5) as client:
+                for n in range(10_000):
+                    if stop.wait(0.002):
+                        return
+                    client.post(f"{b.http}/channels/kept/messages", json={"n": n})
+
+        flowing = threading.Thread(target=flow, daemon=True)
+        flowing.start()
+        try:
+            wait_until(lambda: publish_count(b) > 20, 5, "messages to flow")
+            a.signal(signal.SIGTERM)
+            a.wait_exit(15)
+        finally:
+            stop.set()
+            flowing.join(timeout(10))
+        for sock in sockets:
+            received = read_to_eof(sock)
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert b" 200 " in head.split(b"\r\n")[0], head[:100]
+            end = body.find(b"\r\n0\r\n\r\n")
+            assert end >= 0, body[-200:]
+            assert body[end + len(b"\r\n0\r\n\r\n") :] == b"", "bytes after the body's end"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def publish_count(instance: Instance) -> float:
+    return instance.metric("relay_messages_published_total")
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(timeout(10))
+    chunks = []
+    for _ in range(100_000):
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

@@ -133,14 +133,15 @@ class EventStream:
                     scope, receive, send
                 )
                 return
-            try:
-                await self._serve(sub, scope, receive, send)
-            finally:
-                relay.hub.unsubscribe(sub)
+            await self._serve(sub, scope, receive, send)
 
     async def _serve(self, sub: Subscription, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._event_headers()})
         out = stream_of(scope, receive, send)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._event_headers()})
+        except BaseException:
+            self._relay.hub.unsubscribe(sub)
+            raise
         out.watch(self._left)
         self._start_timers(out)
         metrics.CONNECTIONS.labels(ROLE).inc()
@@ -155,8 +156,10 @@ class EventStream:
             metrics.CONNECTIONS.labels(ROLE).dec()
             for timer in self._timers:
                 timer.cancel()
+            # off the fan-out before the body ends: a parked subscription would write events after it
+            self._relay.hub.unsubscribe(sub)
             await out.unwatch()
-            await self._end(send)
+            await self._end(send, out)
             connection_log.closed(None, self._closing or "", "client" if self._gone else "relay")
 
     def _event_headers(self) -> list[tuple[bytes, bytes]]:
@@ -231,12 +234,15 @@ class EventStream:
         self._gone = True
         self._wake.set()
 
-    async def _end(self, send: Send) -> None:
-        """The body's end, unless the client is gone; bounded for a client that reads nothing."""
+    async def _end(self, send: Send, out: Stream) -> None:
+        """The body's end, unless the client is gone; a client that does not take it within
+        ``RELAY_WS_PING_TIMEOUT`` is cut off."""
         if self._gone:
             return
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(
                 send({"type": "http.response.body", "body": b"", "more_body": False}),
                 self._relay.settings.ws_ping_timeout,
             )
+        except TimeoutError:
+            out.abort()
