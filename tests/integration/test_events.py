@@ -303,3 +303,20 @@ def read_to_eof(sock: socket.socket) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+def test_a_full_instance_tells_an_event_source_to_come_back_and_others_503(relay: RelayFactory) -> None:
+    instance = relay(max_connections="1").start()
+    url = f"{instance.http}/channels/full/events"
+    with stream(url):
+        plain = httpx.get(url, timeout=5)
+        assert plain.status_code == 503
+        assert plain.json()["code"] == "unavailable"
+        # an EventSource stops for good on anything but 200: it gets an empty stream and a retry
+        asked = httpx.get(url, headers={"Accept": "text/event-stream"}, timeout=5)
+        assert asked.status_code == 200
+        assert asked.headers["content-type"].startswith("text/event-stream")
+        assert asked.headers["access-control-allow-origin"] == "*"
+        lines = asked.text.splitlines()
+        assert lines[0] == "retry: 1000"
+        assert lines[2].startswith(": unavailable: this instance is full")

@@ -20,6 +20,7 @@ import time
 from typing import Final
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
@@ -85,14 +86,29 @@ def admit(request: Request, channel: str) -> ASGIApp:
     allowed = relay.settings.allowed_origins
     if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
         return error_response(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
-    if relay.draining:
-        return error_response(503, ErrorCode.UNAVAILABLE, DRAINING_DETAIL, {"Retry-After": "1"})
-    if relay.open_connections >= relay.settings.max_connections:
-        metrics.REFUSED_FULL.inc()
-        return error_response(503, ErrorCode.UNAVAILABLE, "this instance is full; connect to another one")
     # no list of origins: anyone may read (tokens go in the URL, not in cookies); else the one asked
     cors = (origin or "*") if allowed else "*"
-    return EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client))
+    event_source = "text/event-stream" in request.headers.get("accept", "")
+    if relay.draining:
+        return unavailable(DRAINING_DETAIL, cors, event_source)
+    if relay.open_connections >= relay.settings.max_connections:
+        metrics.REFUSED_FULL.inc()
+        return unavailable("this instance is full; connect to another one", cors, event_source)
+    stream = EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client))
+    stream.event_source = event_source
+    return stream
+
+
+def unavailable(detail: str, cors: str, event_source: bool) -> Response:
+    """A refusal that will pass (a drain, a full instance, Redis away): 503, except to a client
+    that asks for an event stream (an EventSource gives up for good on any answer but 200), which
+    gets an empty stream telling it to come back in a second; the balancer then sends it elsewhere."""
+    if not event_source:
+        return error_response(503, ErrorCode.UNAVAILABLE, detail, {"Retry-After": "1"})
+    comment = " ".join(detail.split())[:200]
+    body = events.retry(RETRY_MS) + f": unavailable: {comment}\n\n".encode()
+    headers = {"Cache-Control": "no-cache", "Access-Control-Allow-Origin": cors}
+    return Response(body, media_type="text/event-stream", headers=headers)
 
 
 class EventStream:
@@ -115,6 +131,7 @@ class EventStream:
         self._stalled = 0  # ticks in a row that found the client reading nothing
         self._resumes = 0  # the transport's resumes at the last tick
         self._timers: list[asyncio.TimerHandle] = []
+        self.event_source = False  # the client asked for text/event-stream (an EventSource does)
 
     def request_close(self, code: int, reason: str) -> None:
         """End the stream (drain, token expiry); the client reconnects with ``Last-Event-ID``."""
@@ -128,10 +145,8 @@ class EventStream:
             try:
                 sub = await relay.hub.subscribe(self.channel, self._position, self._wake.set)
             except BrokerError as exc:
-                detail = f"cannot follow the channel now: {exc}"
-                await error_response(503, ErrorCode.UNAVAILABLE, detail, {"Retry-After": "1"})(
-                    scope, receive, send
-                )
+                refusal = unavailable(f"cannot follow the channel now: {exc}", self._cors, self.event_source)
+                await refusal(scope, receive, send)
                 return
             await self._serve(sub, scope, receive, send)
 
