@@ -323,3 +323,17 @@ def test_an_empty_parameter_is_refused_before_the_upgrade(client: TestClient, qu
     ):
         pass
     assert (refused.value.status_code, refused.value.json()["code"]) == (400, code)
+
+
+def test_the_console_page_runs_only_its_own_scripts_and_never_in_a_frame(client: TestClient) -> None:
+    page = client.get("/console")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "access-control-allow-origin" not in page.headers
+    slash = client.get("/console/", follow_redirects=False)
+    assert (slash.status_code, slash.headers["location"]) == (308, "/console")
+    assert client.get("/console/console.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/console/other.js").status_code == 404

@@ -564,6 +564,6 @@ def test_the_module_is_served_to_other_origins_and_revalidated(relay: RelayFacto
         versioned = client.get(f"/client/{__version__}/relay.js", headers=origin)
         assert versioned.status_code == 200
         assert versioned.content == module.content
-        assert "immutable" in versioned.headers["cache-control"]
+        assert versioned.headers["cache-control"] == "public, max-age=86400"
         assert client.get("/client/0.0.0-other/relay.js").status_code == 404
         assert client.get("/client/secrets.txt").status_code == 404

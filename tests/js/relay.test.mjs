@@ -435,3 +435,18 @@ test("before a function token's exp, a fresh one is sent as refresh; a refusal c
   assert.equal(relay.state, "connected");
   relay.close();
 });
+
+test("a publish too big for any relay frame rejects unsent; a 1009 close rejects the largest in flight", async () => {
+  const { relay, socket } = await connected({ maxMessageBytes: 100 });
+  await assert.rejects(relay.publish("c", "x".repeat(5000)), (e) => e instanceof RelayError && e.code === "too_large");
+  assert.equal(socket.last("publish"), undefined);
+  const small = relay.publish("c", 1);
+  const big = assert.rejects(relay.publish("c", "y".repeat(3000)), (e) => e.code === "too_large");
+  const next = await reconnect(relay, socket, 1009);
+  await big;
+  const resent = next.sent.filter((f) => f.type === "publish");
+  assert.deepEqual(resent.map((f) => f.data), [1]);
+  next.reply("publish", { type: "ack", channel: "c", id: "1-0" });
+  assert.equal(await small, "1-0");
+  relay.close();
+});

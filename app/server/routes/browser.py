@@ -4,8 +4,7 @@
 module, read from ``app/server/static`` as written, with no build step. A page on any origin may
 import it (``Access-Control-Allow-Origin: *``: it is public code, and a module script from another
 origin needs the header). Caching: the plain path revalidates (``ETag``, ``no-cache``: a deploy is
-seen at once, a 304 costs a few bytes); ``/client/<version>/relay.js`` never changes for a version
-and is cached for a year (``immutable``). ``GET /console`` is a static page using the client; it
+seen at once, a 304 costs a few bytes); ``/client/<version>/relay.js`` is cached for a day. ``GET /console`` is a static page using the client; it
 has no powers beyond the token typed into it (docs/operating.md, "The browser client").
 """
 
@@ -18,7 +17,7 @@ from importlib import resources
 from typing import Final
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from app import __version__
 from app.protocol.codes import ErrorCode
@@ -35,7 +34,15 @@ _TYPES: Final = {
 CLIENT_FILES: Final = ("relay.js", "relay.d.ts")
 CONSOLE_FILES: Final = ("console.js", "console.css")
 _REVALIDATE: Final = "no-cache"
-_FOREVER: Final = "public, max-age=31536000, immutable"
+_A_DAY: Final = "public, max-age=86400"
+# the console's page: its own scripts and the relay only, never inside another site's frame
+_CONSOLE_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ def _serve(request: Request, name: str, cache_control: str, *, cors: bool) -> Re
     headers = {"ETag": found.etag, "Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
     if cors:
         headers["Access-Control-Allow-Origin"] = "*"
+    else:
+        headers.update(_CONSOLE_HEADERS)
     if found.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(found.body, media_type=found.media_type, headers=headers)
@@ -73,16 +82,22 @@ async def client(request: Request, name: str) -> Response:
 
 @router.get("/client/{version}/{name}")
 async def versioned_client(request: Request, version: str, name: str) -> Response:
-    """The same files under this relay's version: cached for good (another version is another path)."""
+    """The same files under this relay's version: cached for a day without asking (the file may
+    change within a version while it is being developed, so not ``immutable``)."""
     if name not in CLIENT_FILES or version != __version__:
         return _not_found(f"{version}/{name}")
-    return _serve(request, name, _FOREVER, cors=True)
+    return _serve(request, name, _A_DAY, cors=True)
 
 
 @router.get("/console")
 async def console(request: Request) -> Response:
     """The live console: a static page; everything it does goes through ``relay.js``."""
     return _serve(request, "console.html", _REVALIDATE, cors=False)
+
+
+@router.get("/console/")
+async def console_slash() -> Response:
+    return RedirectResponse("/console", status_code=308)  # the page's relative paths need /console
 
 
 @router.get("/console/{name}")

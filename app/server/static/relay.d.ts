@@ -27,6 +27,8 @@ export interface RelayOptions {
   keepalive?: number;
   /** Ms after that ping with still nothing received before the socket is closed (4000) and replaced. Default 10000. */
   keepaliveTimeout?: number;
+  /** The relay's RELAY_MAX_MESSAGE_BYTES (default 65536): a publish whose frame is over it + 4096 bytes rejects with too_large, unsent. A 1009 close rejects the largest publish in flight. */
+  maxMessageBytes?: number;
 }
 
 export interface SubscribeOptions {

@@ -24,7 +24,10 @@ const DEFAULTS = Object.freeze({
   maxRetryDelay: 5000, // ms: the cap of that delay (it doubles on each refusal)
   keepalive: 15000, // ms of silence before a ping (0: never)
   keepaliveTimeout: 10000, // ms to wait for anything after the ping before giving up
+  maxMessageBytes: 65536, // the relay's RELAY_MAX_MESSAGE_BYTES: a frame far over it is never sent
 });
+const ENVELOPE = 4096; // bytes a /ws frame may hold beyond its message (the relay closes with 1009 past it)
+const TOO_BIG = 1009;
 
 const RETRIED = new Set(["unavailable", "rate_limited"]); // refusals worth sending again
 const SILENT = 4000; // the close code this client uses for a connection gone silent
@@ -365,8 +368,15 @@ export class Relay {
     } catch (error) {
       return Promise.reject(new RelayError("invalid_frame", `data is no JSON: ${error.message}`, frame.channel));
     }
+    const size = new TextEncoder().encode(body).length;
+    const limit = this._options.maxMessageBytes + ENVELOPE;
+    if (size > limit) {
+      // the relay would close the socket (1009), and the client would send it again for ever
+      const detail = `the frame is ${size} bytes, over the ${limit} a relay with RELAY_MAX_MESSAGE_BYTES=${this._options.maxMessageBytes} takes`;
+      return Promise.reject(new RelayError("too_large", detail, frame.channel));
+    }
     return new Promise((resolve, reject) => {
-      const call = { body, result, resolve, reject, retry: { count: 0, timer: null }, sent: false };
+      const call = { body, size, result, resolve, reject, retry: { count: 0, timer: null }, sent: false };
       this._calls.add(call);
       if (this._connected) this._sendCall(call);
     });
@@ -474,6 +484,7 @@ export class Relay {
     if (event.code === POLICY) {
       this._report(new RelayError("policy", event.reason || "the relay closed the connection (1008)"));
     }
+    if (event.code === TOO_BIG) this._refuseLargest(event.reason);
     this._lost();
   }
 
@@ -666,6 +677,16 @@ export class Relay {
     else if (pending.kind === "subscribe") this._subscribeRefused(pending.sub, error);
     // a refused refresh keeps the old token (the relay closes with 4401 at its expiry and the
     // reconnect gets a fresh one); a refused unsubscribe or ping needs nothing
+  }
+
+  /** The relay closed with 1009 (its limit is below `maxMessageBytes`): the biggest call sent on
+   * that socket is what it refused; sending it again would close every connection after. */
+  _refuseLargest(reason) {
+    let largest = null;
+    for (const call of this._calls) if (call.sent && (largest === null || call.size > largest.size)) largest = call;
+    if (largest === null) return;
+    this._calls.delete(largest);
+    largest.reject(new RelayError("too_large", reason || "the relay closed the connection: frame too big (1009)"));
   }
 
   _callRefused(call, error) {
