@@ -7,7 +7,7 @@ idle (:mod:`app.server.stream`). A ``Last-Event-ID`` header takes the place of `
 an EventSource sends when it reconnects. Event layout: :mod:`app.protocol.events`.
 
 A stream ends when the client leaves, the instance drains, or the token's ``exp`` passes; a client
-that reads nothing for two ping intervals is cut off (its subscription had already fallen behind,
+whose socket takes no data at two ping ticks in a row is cut off (its subscription had already fallen behind,
 so it never held more than its buffer).
 """
 
