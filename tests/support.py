@@ -161,6 +161,16 @@ class Instance:
                 return float(line.split()[1])
         raise AssertionError(f"metric {name} not found")
 
+    def connections(self, role: str) -> float:
+        """Its open connections of one role (``relay_connections{role}``); 0 when it does not answer."""
+        try:
+            text = httpx.get(f"{self.http}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return 0.0
+        prefix = f'relay_connections{{role="{role}"}} '
+        found = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+        return float(found[len(prefix) :]) if found else 0.0
+
 
 class RedisServer:
     """A redis-server of the test's own on a free port: can be stopped and started again."""

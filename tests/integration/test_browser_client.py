@@ -187,22 +187,16 @@ def pages() -> Iterator[Pages]:
 # -- the relay side -------------------------------------------------------------------------------
 
 
-def on_page(instance: Instance) -> float:
-    """The instance's open ``/ws`` connections (0 when it does not answer)."""
-    try:
-        text = httpx.get(f"{instance.http}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    match = re.search(r'^relay_connections\{role="multiplexed"\} (\S+)$', text, re.M)
-    return float(match[1]) if match else 0.0
-
-
 def page_instance(instances: list[Instance]) -> Instance:
     """The instance the page's socket is on (the only ``/ws`` connection of the test)."""
     found: list[Instance] = []
 
     def one() -> bool:
-        found[:] = [i for i in instances if i.process is not None and i.process.poll() is None and on_page(i)]
+        found[:] = [
+            i
+            for i in instances
+            if i.process is not None and i.process.poll() is None and i.connections("multiplexed")
+        ]
         return len(found) == 1
 
     wait_until(one, 10, "the page's socket to be on one instance", interval=0.1)

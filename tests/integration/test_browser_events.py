@@ -5,7 +5,6 @@ then the next one SIGKILLed, while messages flow; the browser reconnects by itse
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import uuid
@@ -75,20 +74,13 @@ class Publisher:
         raise AssertionError(f"message {n} was never acked")
 
 
-def streams_on(instance: Instance) -> float:
-    try:
-        text = httpx.get(f"{instance.http}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    found = re.search(r'^relay_connections\{role="events"\} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def serving(instances: list[Instance]) -> Instance:
     """The instance the page's stream is on."""
     found: list[Instance] = []
     wait_until(
-        lambda: bool(found.extend(i for i in instances if streams_on(i) >= 1) or found), 10, "a stream"
+        lambda: bool(found.extend(i for i in instances if i.connections("events") >= 1) or found),
+        10,
+        "a stream",
     )
     return found[0]
 

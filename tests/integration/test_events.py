@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -174,7 +173,7 @@ def test_last_event_id_resumes_exactly_and_a_gap_is_told_on_every_reconnect(
                 assert json.loads(gap["data"]) == {"from": ids[1], "next": retained[0]}
                 assert message_ids(rest) == retained
         # each client that left ended its stream (the relay heard of it, with nothing to write)
-        wait_until(lambda: connections(instance, "events") == 0, 5, "the streams of gone clients to end")
+        wait_until(lambda: instance.connections("events") == 0, 5, "the streams of gone clients to end")
     finally:
         instance.stop()
 
@@ -221,19 +220,13 @@ def read_to_the_end(reader: EventReader) -> None:
         reader.next()
 
 
-def connections(instance: Instance, role: str) -> float:
-    text = httpx.get(f"{instance.http}/metrics", timeout=5).text
-    found = re.search(rf'^relay_connections\{{role="{role}"\}} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_a_stream_that_reads_nothing_is_cut_off_and_does_not_slow_another(relay: RelayFactory) -> None:
     instance = relay(sse_ping_interval="0.5", send_buffer_bytes="16384", consumer_buffer="64").start()
     stuck = socket.create_connection(("127.0.0.1", instance.port))
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         stuck.sendall(b"GET /channels/flood/events HTTP/1.1\r\nHost: relay\r\n\r\n")
-        wait_until(lambda: connections(instance, "events") == 1, 5, "the stuck stream to open")
+        wait_until(lambda: instance.connections("events") == 1, 5, "the stuck stream to open")
         with stream(f"{instance.http}/channels/flood/events", read=20) as reader:
             received: list[dict[str, str]] = []
             reading = threading.Thread(target=lambda: received.extend(reader.events(300)), daemon=True)
@@ -243,7 +236,7 @@ def test_a_stream_that_reads_nothing_is_cut_off_and_does_not_slow_another(relay:
             reading.join(timeout(20))
             assert message_ids(received) == ids
             # the stuck one read nothing for two ping intervals: cut off, while the other stays
-            wait_until(lambda: connections(instance, "events") == 1, 5, "the stuck stream to be cut off")
+            wait_until(lambda: instance.connections("events") == 1, 5, "the stuck stream to be cut off")
     finally:
         stuck.close()
     assert "read nothing" in instance.log()
@@ -259,7 +252,7 @@ def test_a_drained_stream_ends_its_body_and_writes_nothing_after_it(relay: Relay
             sock = socket.create_connection(("127.0.0.1", a.port))
             sock.sendall(b"GET /channels/kept/events HTTP/1.1\r\nHost: relay\r\n\r\n")
             sockets.append(sock)
-        wait_until(lambda: connections(a, "events") == 150, 10, "every stream to open")
+        wait_until(lambda: a.connections("events") == 150, 10, "every stream to open")
         stop = threading.Event()
 
         def flow() -> None:
