@@ -337,3 +337,14 @@ def test_the_console_page_runs_only_its_own_scripts_and_never_in_a_frame(client:
     assert (slash.status_code, slash.headers["location"]) == (308, "/console")
     assert client.get("/console/console.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/console/other.js").status_code == 404
+
+
+def test_the_client_module_answers_head_and_conditional_requests(client: TestClient) -> None:
+    module = client.get("/client/relay.js")
+    assert module.headers["content-type"].startswith("text/javascript")
+    head = client.head("/client/relay.js")
+    assert head.status_code == 200
+    assert head.headers["etag"] == module.headers["etag"]
+    assert head.headers["access-control-allow-origin"] == "*"
+    again = client.get("/client/relay.js", headers={"If-None-Match": module.headers["etag"]})
+    assert (again.status_code, again.content) == (304, b"")

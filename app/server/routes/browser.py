@@ -72,7 +72,7 @@ def _serve(request: Request, name: str, cache_control: str, *, cors: bool) -> Re
     return Response(found.body, media_type=found.media_type, headers=headers)
 
 
-@router.get("/client/{name}")
+@router.api_route("/client/{name}", methods=["GET", "HEAD"])
 async def client(request: Request, name: str) -> Response:
     """The browser client (``relay.js``) and its declarations (``relay.d.ts``)."""
     if name not in CLIENT_FILES:
@@ -80,7 +80,7 @@ async def client(request: Request, name: str) -> Response:
     return _serve(request, name, _REVALIDATE, cors=True)
 
 
-@router.get("/client/{version}/{name}")
+@router.api_route("/client/{version}/{name}", methods=["GET", "HEAD"])
 async def versioned_client(request: Request, version: str, name: str) -> Response:
     """The same files under this relay's version: cached for a day without asking (the file may
     change within a version while it is being developed, so not ``immutable``)."""
