@@ -313,3 +313,17 @@ def test_a_full_instance_tells_an_event_source_to_come_back_and_others_503(relay
         lines = asked.text.splitlines()
         assert lines[0] == "retry: 1000"
         assert lines[2].startswith(": unavailable: this instance is full")
+
+
+def test_allowed_origins_hold_for_streams_and_name_the_origin_in_cors(relay: RelayFactory) -> None:
+    instance = relay(allowed_origins="https://good.example").start()
+    url = f"{instance.http}/channels/o/events"
+    refused = httpx.get(url, headers={"Origin": "https://evil.example"}, timeout=5)
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    with (
+        httpx.Client(timeout=timeout(10)) as client,
+        client.stream("GET", url, headers={"Origin": "https://good.example"}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://good.example"
+        assert response.headers["vary"].lower() == "origin"

@@ -92,8 +92,8 @@ async def room_for(websocket: WebSocket, relay: Relay) -> bool:
     """The checks every handshake passes whatever it asks for: the origin, and room on the
     instance (not draining, not full). Refuses it and returns False when one fails."""
     origin = websocket.headers.get("origin")
-    allowed = relay.settings.allowed_origins
-    if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
+    if not origin_allowed(relay, origin):
+        assert origin is not None
         await deny(websocket, 403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
         return False
     if relay.draining:
@@ -104,6 +104,12 @@ async def room_for(websocket: WebSocket, relay: Relay) -> bool:
         await deny(websocket, 503, ErrorCode.UNAVAILABLE, "this instance is full; connect to another one")
         return False
     return True
+
+
+def origin_allowed(relay: Relay, origin: str | None) -> bool:
+    """Whether a request from ``origin`` (its ``Origin`` header) may open a socket or a stream."""
+    allowed = relay.settings.allowed_origins
+    return not allowed or origin is None or origin.rstrip("/").lower() in allowed
 
 
 def authorize(connection: HTTPConnection, relay: Relay, channel: str, *, publish: bool) -> Grant:

@@ -33,7 +33,14 @@ from app.protocol.codes import ErrorCode
 from app.protocol.names import Position
 from app.server.auth import AuthError
 from app.server.lifecycle import Relay
-from app.server.routes.common import DRAINING_DETAIL, auth_response, authorize, error_response, relay_of
+from app.server.routes.common import (
+    DRAINING_DETAIL,
+    auth_response,
+    authorize,
+    error_response,
+    origin_allowed,
+    relay_of,
+)
 from app.server.stream import Gone, Stream, stream_of
 from app.wakeup import Wakeup
 
@@ -83,20 +90,18 @@ def admit(request: Request, channel: str) -> ASGIApp:
     except AuthError as exc:
         return auth_response(exc)
     origin = request.headers.get("origin")
-    allowed = relay.settings.allowed_origins
-    if allowed and origin is not None and origin.rstrip("/").lower() not in allowed:
+    if not origin_allowed(relay, origin):
+        assert origin is not None
         return error_response(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]!r} is not allowed")
     # no list of origins: anyone may read (tokens go in the URL, not in cookies); else the one asked
-    cors = (origin or "*") if allowed else "*"
+    cors = (origin or "*") if relay.settings.allowed_origins else "*"
     event_source = "text/event-stream" in request.headers.get("accept", "")
     if relay.draining:
         return unavailable(DRAINING_DETAIL, cors, event_source)
     if relay.open_connections >= relay.settings.max_connections:
         metrics.REFUSED_FULL.inc()
         return unavailable("this instance is full; connect to another one", cors, event_source)
-    stream = EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client))
-    stream.event_source = event_source
-    return stream
+    return EventStream(relay, channel, position, grant.expires, cors, peer_of(request.client), event_source)
 
 
 def unavailable(detail: str, cors: str, event_source: bool) -> Response:
@@ -115,7 +120,14 @@ class EventStream:
     """One stream: an ASGI response that lives as long as the subscription it serves."""
 
     def __init__(
-        self, relay: Relay, channel: str, position: Position, expires: float | None, cors: str, peer: str
+        self,
+        relay: Relay,
+        channel: str,
+        position: Position,
+        expires: float | None,
+        cors: str,
+        peer: str,
+        event_source: bool,
     ) -> None:
         self._relay = relay
         self.channel = channel
@@ -131,7 +143,7 @@ class EventStream:
         self._stalled = 0  # ticks in a row that found the client reading nothing
         self._resumes = 0  # the transport's resumes at the last tick
         self._timers: list[asyncio.TimerHandle] = []
-        self.event_source = False  # the client asked for text/event-stream (an EventSource does)
+        self._event_source = event_source  # it asked for text/event-stream (an EventSource does)
 
     def request_close(self, code: int, reason: str) -> None:
         """End the stream (drain, token expiry); the client reconnects with ``Last-Event-ID``."""
@@ -145,7 +157,7 @@ class EventStream:
             try:
                 sub = await relay.hub.subscribe(self.channel, self._position, self._wake.set)
             except BrokerError as exc:
-                refusal = unavailable(f"cannot follow the channel now: {exc}", self._cors, self.event_source)
+                refusal = unavailable(f"cannot follow the channel now: {exc}", self._cors, self._event_source)
                 await refusal(scope, receive, send)
                 return
             await self._serve(sub, scope, receive, send)
