@@ -40,6 +40,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RELAY_REDIS_URL", "REDIS_URL"),
         description="Redis to use; unset: an embedded in-process Redis (one instance, nothing kept).",
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sentinels as host:port,host:port,...: Redis is the master they name (with RELAY_REDIS_SENTINEL_MASTER).",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="The master's name the sentinels monitor (with RELAY_REDIS_SENTINELS)."
+    )
+    redis_cluster: bool = Field(
+        default=False, description="RELAY_REDIS_URL names a node of a Redis Cluster (Redis 7 or newer)."
+    )
+    ack_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas that must have a batch (WAIT) before it is acknowledged.",
+    )
     key_prefix: str = Field(default="relay", description="Prefix of every Redis key the relay writes.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -146,6 +162,28 @@ class Settings(BaseSettings):
             raise ValueError("set RELAY_JWT_PUBLIC_KEY or RELAY_JWT_PUBLIC_KEY_FILE, not both")
         return self
 
+    @model_validator(mode="after")
+    def _one_topology(self) -> Settings:
+        if bool(self.redis_sentinels) != (self.redis_sentinel_master is not None):
+            raise ValueError("set RELAY_REDIS_SENTINELS and RELAY_REDIS_SENTINEL_MASTER together, or neither")
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("set RELAY_REDIS_SENTINELS or RELAY_REDIS_CLUSTER, not both")
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("RELAY_REDIS_CLUSTER needs RELAY_REDIS_URL naming a node of the cluster")
+        return self
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinel_addresses(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        addresses = [part.strip() for part in value.split(",") if part.strip()]
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {address!r}")
+        return addresses
+
     @field_validator("ws")
     @classmethod
     def _ws_installed(cls, value: str) -> str:
@@ -195,14 +233,24 @@ class Settings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        return self.redis_url is None
+        return self.redis_url is None and not self.redis_sentinels
+
+    @property
+    def topology(self) -> Literal["embedded", "standalone", "sentinel", "cluster"]:
+        if self.redis_sentinels:
+            return "sentinel"
+        if self.redis_cluster:
+            return "cluster"
+        return "embedded" if self.redis_url is None else "standalone"
 
     def redis_url_for_display(self) -> str:
-        """The Redis URL with any password masked, for logs."""
+        """Where Redis is, any password masked, for logs."""
+        if self.redis_sentinels:
+            return f"master {self.redis_sentinel_master!r} of sentinels {','.join(self.redis_sentinels)}"
         if self.redis_url is None:
             return "embedded (fakeredis)"
         parts = urlsplit(self.redis_url.get_secret_value())
-        if parts.password is None:
-            return urlunsplit(parts)
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
+        if parts.password is not None:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            parts = parts._replace(netloc=netloc)
+        return f"cluster at {urlunsplit(parts)}" if self.redis_cluster else urlunsplit(parts)

@@ -1,64 +1,236 @@
 """Redis clients as the broker uses them: one factory per kind of Redis.
 
+=============  =====================================================================================
+standalone     ``RELAY_REDIS_URL``: one server (a managed one may fail over behind its address)
+sentinel       ``RELAY_REDIS_SENTINELS`` + ``RELAY_REDIS_SENTINEL_MASTER``: redis-py's Sentinel
+               client; every new connection asks the sentinels for the master, and a connection to
+               a master demoted to replica (``READONLY``) is dropped and made again
+cluster        ``RELAY_REDIS_CLUSTER``: redis-py's ``RedisCluster``, which routes each command by its
+               key's slot and follows ``MOVED``/``ASK``; Pub/Sub runs on one client per shard
+               (:meth:`Clients.node`), see :mod:`app.broker.shards`
+embedded       no address: an in-process fakeredis server
+=============  =====================================================================================
+
 A factory makes one client per role (``pub``, ``read``, ``sub``, ``janitor``), each over its own
-bounded pool, named ``relay:<instance>:<role>`` in ``CLIENT LIST``. Single commands are retried by
-redis-py's ``Retry`` (the first of the two layers of retry; the second is ``app.backoff``), only
-where the caller asks: a write retried after a dropped connection might be stored twice.
+bounded pool (on a cluster: per node), named ``relay:<instance>:<role>`` in ``CLIENT LIST``. Single
+commands are retried by redis-py's ``Retry`` (the first of the two layers of retry; the second is
+``app.backoff``), only where the caller asks: a write retried after a dropped connection might be
+stored twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from contextvars import ContextVar
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app.errors import ConfigError
 from app.settings import Settings
 
-ClientFactory = Callable[[str, int, int, bool], Redis]
-"""``(role, max connections, retries, decode responses) -> client``."""
+
+class Clients:
+    """Makes the broker's clients for one kind of Redis."""
+
+    sharded = False
+    """Announcements go over sharded Pub/Sub (``SPUBLISH``/``SSUBSCRIBE``), one connection per shard."""
+
+    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+        """A client for ``role`` with at most ``connections`` connections (per node)."""
+        raise NotImplementedError
+
+    def node(self, host: str, port: int, role: str, decode: bool) -> Redis:
+        """A one-connection client to one node of a cluster (its shard's Pub/Sub)."""
+        raise ConfigError("expected a Redis Cluster for a client per node")
 
 
-def for_settings(settings: Settings) -> ClientFactory:
-    """The embedded Redis when no address is set, else the one ``RELAY_REDIS_URL`` names."""
-    return embedded() if settings.embedded else standalone(settings)
+def for_settings(settings: Settings) -> Clients:
+    """The clients for the topology the settings name (``Settings.topology``)."""
+    topology = settings.topology
+    if topology == "sentinel":
+        return SentinelClients(settings)
+    if topology == "cluster":
+        return ClusterClients(settings)
+    if topology == "standalone":
+        return StandaloneClients(settings)
+    return EmbeddedClients()
 
 
-def standalone(settings: Settings) -> ClientFactory:
-    if settings.redis_url is None:
-        raise ConfigError("expected RELAY_REDIS_URL for a standalone Redis, got none")
-    url = settings.redis_url.get_secret_value()
+def _retry(retries: int) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries, (redis_errors.ConnectionError,))
 
-    def make(role: str, connections: int, retries: int, decode: bool) -> Redis:
+
+def _options(settings: Settings, role: str, retries: int, decode: bool) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "decode_responses": decode,
+        "client_name": f"relay:{settings.instance_name}:{role}",
+        "health_check_interval": 30,
+        "retry": _retry(retries),
+    }
+
+
+class StandaloneClients(Clients):
+    def __init__(self, settings: Settings) -> None:
+        if settings.redis_url is None:
+            raise ConfigError("expected RELAY_REDIS_URL for a standalone Redis, got none")
+        self._url = settings.redis_url.get_secret_value()
+        self._settings = settings
+
+    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
         pool = BlockingConnectionPool.from_url(
-            url,
+            self._url,
             max_connections=connections,
-            timeout=settings.redis_timeout,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            decode_responses=decode,
-            client_name=f"relay:{settings.instance_name}:{role}",
-            health_check_interval=30,
-            retry=Retry(
-                ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries, (redis_errors.ConnectionError,)
-            ),
+            timeout=self._settings.redis_timeout,
+            **_options(self._settings, role, retries, decode),
         )
         return Redis.from_pool(pool)
 
-    return make
+
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's connections, found through the sentinels; a caller over the bound waits for
+    one (as with a standalone Redis) instead of failing."""
 
 
-def embedded() -> ClientFactory:
-    """Clients of one in-process fakeredis server: one instance, nothing shared, nothing kept."""
-    import fakeredis
+class SentinelClients(Clients):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        if settings.redis_sentinel_master is None:
+            raise ConfigError("expected RELAY_REDIS_SENTINEL_MASTER with RELAY_REDIS_SENTINELS, got none")
+        self._master = settings.redis_sentinel_master
+        auth = _auth(settings)
+        addresses = [_address(text) for text in settings.redis_sentinels]
+        timeouts = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+        }
+        # the URL's user and password are the master's; the sentinels are asked with none
+        self._sentinel = Sentinel(addresses, sentinel_kwargs=timeouts, **auth)  # type: ignore[no-untyped-call]
 
-    server = fakeredis.FakeServer()
-
-    def make(role: str, connections: int, retries: int, decode: bool) -> Redis:
-        client: Redis = fakeredis.aioredis.FakeRedis(server=server, decode_responses=decode)
+    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+        client: Redis = self._sentinel.master_for(
+            self._master,
+            redis_class=Redis,
+            connection_pool_class=_SentinelBlockingPool,
+            max_connections=connections,
+            timeout=self._settings.redis_timeout,
+            **_options(self._settings, role, retries, decode),
+        )
         return client
 
-    return make
+
+_HOLDING: ContextVar[bool] = ContextVar("relay_cluster_permit", default=False)
+
+
+class _BoundedCluster(RedisCluster):
+    """A cluster client whose callers wait for one of ``permits`` (as callers of a
+    ``BlockingConnectionPool`` wait for a connection): redis-py's cluster client fails with
+    ``MaxConnectionsError`` instead. A call made while holding one (a redirection the client
+    follows by itself) takes none, so each node sees at most twice ``permits`` connections."""
+
+    def __init__(self, *args: Any, permits: int, **kwargs: Any) -> None:
+        kwargs["max_connections"] = 2 * permits
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(permits)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.bounded(super().execute_command(*args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]
+
+    async def bounded(self, call: Any) -> Any:
+        if _HOLDING.get():
+            return await call
+        async with self._permits:
+            token = _HOLDING.set(True)
+            try:
+                return await call
+            finally:
+                _HOLDING.reset(token)
+
+
+class _BoundedPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(_BoundedCluster, self.cluster_client)
+        result: list[Any] = await client.bounded(super().execute(raise_on_error, allow_redirections))
+        return result
+
+
+class ClusterClients(Clients):
+    sharded = True
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.redis_url is None:
+            raise ConfigError("expected RELAY_REDIS_URL naming a node of the cluster, got none")
+        self._url = settings.redis_url.get_secret_value()
+        if urlsplit(self._url).path not in ("", "/", "/0"):
+            raise ConfigError(f"a Redis Cluster has only database 0, got {settings.redis_url_for_display()}")
+        self._settings = settings
+        self._auth = _auth(settings)
+
+    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+        options = _options(self._settings, role, retries, decode)
+        options.pop("health_check_interval")
+        client = _BoundedCluster.from_url(
+            self._url,
+            permits=connections,
+            require_full_coverage=True,
+            **options,
+        )
+        # RedisCluster offers every command the broker sends with Redis's signatures, routed by slot
+        return cast(Redis, client)
+
+    def node(self, host: str, port: int, role: str, decode: bool) -> Redis:
+        pool = BlockingConnectionPool(
+            host=host,
+            port=port,
+            max_connections=1,
+            timeout=self._settings.redis_timeout,
+            **self._auth,
+            **_options(self._settings, role, 0, decode),
+        )
+        return Redis.from_pool(pool)
+
+
+class EmbeddedClients(Clients):
+    """Clients of one in-process fakeredis server: one instance, nothing shared, nothing kept."""
+
+    def __init__(self) -> None:
+        import fakeredis
+
+        self._server = fakeredis.FakeServer()
+
+    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+        import fakeredis
+
+        client: Redis = fakeredis.aioredis.FakeRedis(server=self._server, decode_responses=decode)
+        return client
+
+
+def _auth(settings: Settings) -> dict[str, Any]:
+    """Database, user and password of ``RELAY_REDIS_URL`` (beside sentinels, only these count)."""
+    if settings.redis_url is None:
+        return {}
+    parts = urlsplit(settings.redis_url.get_secret_value())
+    auth: dict[str, Any] = {}
+    if parts.username:
+        auth["username"] = parts.username
+    if parts.password:
+        auth["password"] = parts.password
+    if not settings.redis_cluster and parts.path.strip("/"):
+        auth["db"] = int(parts.path.strip("/"))
+    return auth
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)

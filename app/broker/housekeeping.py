@@ -20,15 +20,15 @@ _CONNECTIONS: Final = 2
 
 
 class RedisHousekeeping:
-    def __init__(self, settings: Settings, make: clients.ClientFactory | None = None) -> None:
-        make = make or clients.for_settings(settings)
+    def __init__(self, settings: Settings, made: clients.Clients | None = None) -> None:
+        made = made or clients.for_settings(settings)
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
-        self._client = make("janitor", _CONNECTIONS, 1, True)
+        self._client = made.make("janitor", _CONNECTIONS, 1, True)
         self._lease = self._client.register_script(scripts.LEASE)
         self._reap = self._client.register_script(scripts.REAP)
         self._trim = self._client.register_script(scripts.PUBLISH)
-        self._retention = list(retention_args(settings))
+        self._retention = list(retention_args(settings, made.sharded))
 
     async def channels(self, limit: int) -> list[ChannelInfo]:
         return await list_channels(self._client, self._keys, limit)
@@ -56,7 +56,10 @@ class RedisHousekeeping:
         return out
 
     async def reap_consumer(self, channel: str, group: str, consumer: str, min_idle_ms: int) -> bool:
-        keys = [self._keys.stream(channel), self._keys.alive(consumer)]
+        # the heartbeat first, apart: on a cluster it lives in another slot than the stream
+        if await checked(self._client.exists(self._keys.alive(consumer)), "janitor"):
+            return False
+        keys = [self._keys.stream(channel)]
         return bool(await group_call(self._reap(keys=keys, args=[group, consumer, min_idle_ms]), "janitor"))
 
     async def close(self) -> None:

@@ -7,6 +7,13 @@ after the SUBSCRIBEs is answered after them), and only then tells the listener, 
 streams for whatever was announced meanwhile. A PING every few seconds tells a dead connection
 from a quiet one. Reconnecting waits at most half a second between tries: the instance is ready
 (``/readyz``) only while this connection is up, so it comes back within that of Redis answering.
+
+Sharded (one supervisor per shard of a cluster, :mod:`app.broker.shards`), announcements are
+shard channels: ``SSUBSCRIBE`` one channel at a time (a command's channels must share a slot),
+``smessage`` for announcements. When the shard stops owning a channel (a ``MOVED`` reply to
+``SSUBSCRIBE``, or Redis unsubscribing it after its slot moved) the supervisor says so
+(``on_trouble``) and its owner routes the channel again. Every supervisor also subscribes its
+instance's control channel the classic way, on its own node only; nothing is ever published there.
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 
 from app.backoff import Backoff
 from app.broker.calls import describe
@@ -37,12 +47,41 @@ _RECONNECT_CAP: Final = 0.5
 _PRESENCE: Final = b"presence\0"  # a join or leave (presence.lua), not new entries
 
 
+class Announcements(Protocol):
+    """How the broker follows announcements: one supervisor, or one per shard."""
+
+    @property
+    def connected(self) -> bool:
+        """True while announcements of every followed channel flow."""
+
+    def start(self, listener: BrokerListener) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop following and close every connection, within a bounded time."""
+
+    async def follow(self, channel: str) -> None:
+        """Subscribe the channel's announcements; return once Redis confirmed."""
+
+    def unfollow(self, channel: str) -> None: ...
+
+
 class PubSubSupervisor:
     """Owns the Pub/Sub connection; ``connected`` while announcements flow."""
 
-    def __init__(self, client: Redis, keys: Keys, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        sharded: bool = False,
+        on_trouble: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._sharded = sharded
+        self._on_trouble = on_trouble or (lambda: None)
+        self._leaving: Counter[str] = Counter()  # SUNSUBSCRIBEs sent, not yet confirmed
         self._timeout = settings.redis_timeout
         self._control = keys.instance(settings.instance_name)
         self._listener: BrokerListener | None = None
@@ -63,10 +102,13 @@ class PubSubSupervisor:
         self._task = asyncio.create_task(self._supervise(), name="relay-pubsub")
 
     async def stop(self) -> None:
+        """Stop following and close the connection, within a bounded time."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, self._timeout * 2)
+        with contextlib.suppress(Exception):  # Redis may be gone
+            await asyncio.wait_for(self._client.aclose(), self._timeout)
 
     async def follow(self, channel: str) -> None:
         """Subscribe the channel's announcements; return once Redis confirmed."""
@@ -83,6 +125,23 @@ class PubSubSupervisor:
             await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
         except TimeoutError as exc:
             raise BrokerUnavailable(f"Redis did not confirm SUBSCRIBE {name} in time") from exc
+
+    async def adopt(self, channel: str) -> None:
+        """Follow a channel that another shard's connection followed until now: the listener hears
+        ``on_resubscribed`` once announcements flow here (what came meanwhile is read again)."""
+        if not self.connected:
+            self._followed.add(channel)  # the next session subscribes it and tells the listener
+            return
+        try:
+            await self.follow(channel)
+        except BrokerUnavailable:
+            return  # the session dropped: as above, or routed again by the owner
+        if self._listener is not None:
+            self._listener.on_resubscribed()
+
+    @property
+    def followed(self) -> set[str]:
+        return self._followed
 
     def unfollow(self, channel: str) -> None:
         self._followed.discard(channel)
@@ -103,6 +162,7 @@ class PubSubSupervisor:
                 reason = describe(exc)
             finally:
                 self._reset()
+            self._on_trouble()
             delay = backoff.failed()
             if backoff.failures & (backoff.failures - 1) == 0:  # tries are frequent: log the 1st, 2nd, 4th...
                 log.warning(
@@ -146,6 +206,7 @@ class PubSubSupervisor:
         self.connected = False
         self._ops.clear()
         self._unconfirmed.clear()
+        self._leaving.clear()
         for waiters in self._waiting.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -159,21 +220,39 @@ class PubSubSupervisor:
         if count:
             for name in names:
                 self._unconfirmed[name] += 1
-        await pubsub.subscribe(*names)
+        if not self._sharded:
+            await pubsub.subscribe(*names)
+            return
+        for name in names:
+            await pubsub.ssubscribe(name)
+
+    async def _unsubscribe(self, pubsub: PubSub, names: list[str]) -> None:
+        if not self._sharded:
+            await pubsub.unsubscribe(*names)
+            return
+        for name in names:
+            self._leaving[name] += 1
+            await pubsub.sunsubscribe(name)
 
     async def _reader(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
         self._heard = loop.time()
         while True:
-            message = await pubsub.get_message(timeout=None)
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except redis_errors.MovedError as exc:  # an SSUBSCRIBE sent to a node that lost the slot
+                self._moved(exc.slot_id)
+                continue
             self._heard = loop.time()
             if message is None:
                 continue
             kind = message["type"]
-            if kind == "message":
+            if kind == "message" or kind == "smessage":
                 self._dispatch(message["channel"], message["data"])
-            elif kind == "subscribe":
+            elif kind == "subscribe" or kind == "ssubscribe":
                 self._confirm(message["channel"])
+            elif kind == "sunsubscribe":
+                self._left(message["channel"].decode())
             elif kind == "pong":
                 pong = self._pongs.pop(message["data"], None)
                 if pong is not None and not pong.done():
@@ -208,6 +287,25 @@ class PubSubSupervisor:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _moved(self, slot: int) -> None:
+        """Redis refused an SSUBSCRIBE: the slot is elsewhere. Its followers fail, to be routed again."""
+        for name in [name for name in self._unconfirmed if key_slot(name.encode()) == slot]:
+            del self._unconfirmed[name]
+            for waiter in self._waiting.pop(name, ()):
+                if not waiter.done():
+                    waiter.set_exception(BrokerUnavailable(f"{name} moved to another shard"))
+        self._on_trouble()
+
+    def _left(self, name: str) -> None:
+        if self._leaving[name] > 0:
+            self._leaving[name] -= 1
+            if not self._leaving[name]:
+                del self._leaving[name]
+            return
+        # not asked for: Redis let the channel go, its slot moved to another shard
+        log.info("Redis unsubscribed %s (its slot moved); routing it again", name)
+        self._on_trouble()
+
     async def _sender(self, pubsub: PubSub) -> None:
         while True:
             await self._ops_ready.wait()
@@ -220,7 +318,7 @@ class PubSubSupervisor:
                 if subscribe:
                     await self._subscribe(pubsub, names, count=False)  # counted by follow()
                 else:
-                    await pubsub.unsubscribe(*names)
+                    await self._unsubscribe(pubsub, names)
 
     async def _pinger(self, pubsub: PubSub) -> None:
         """A quiet connection and a dead one look alike: PING regularly, and give up on the

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from app.broker import clients, scripts
 from app.broker.calls import UNAVAILABLE, checked, group_call
@@ -33,7 +33,8 @@ from app.broker.interface import (
     PublishRequest,
 )
 from app.broker.keys import Keys
-from app.broker.pubsub import PubSubSupervisor
+from app.broker.pubsub import Announcements, PubSubSupervisor
+from app.broker.shards import ShardedPubSub
 from app.errors import BrokerUnavailable, StorageError
 from app.protocol import streamid
 from app.protocol.streamid import StreamId
@@ -43,36 +44,50 @@ _READ_CONNECTIONS: Final = 3
 _SCAN_CAP: Final = 10_000
 
 
-def retention_args(settings: Settings) -> tuple[str, str, str]:
-    """ARGV[1..3] of ``publish.lua``: MAXLEN, max age in ms, idempotency window in seconds."""
+def retention_args(settings: Settings, sharded: bool) -> tuple[str, str, str, str]:
+    """ARGV[1..4] of ``publish.lua``: MAXLEN, max age in ms, idempotency window in seconds, and
+    the command that announces (sharded Pub/Sub on a cluster)."""
     return (
         str(settings.stream_maxlen),
         str(int((settings.stream_max_age or 0) * 1000)),
         str(settings.idempotency_ttl),
+        announcer(sharded),
     )
+
+
+def announcer(sharded: bool) -> str:
+    """The command the scripts announce with: a cluster copies classic Pub/Sub to every node."""
+    return "SPUBLISH" if sharded else "PUBLISH"
 
 
 class RedisBroker:
     """A :class:`app.broker.interface.Broker` on Redis Streams and Pub/Sub."""
 
-    def __init__(self, settings: Settings, make: clients.ClientFactory | None = None) -> None:
-        make = make or clients.for_settings(settings)
+    def __init__(self, settings: Settings, made: clients.Clients | None = None) -> None:
+        made = made or clients.for_settings(settings)
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         # no retry for writes: after a dropped connection the script may have run, and running
         # it again would store the messages twice
-        self._pub = make("pub", 1, 0, True)
-        self._read = make("read", _READ_CONNECTIONS, 1, True)
-        # bytes: redis-py misparses PONG on a Pub/Sub connection that decodes responses
-        self._sub = make("sub", 1, 0, False)
+        self._pub = made.make("pub", 1, 0, True)
+        self._read = made.make("read", _READ_CONNECTIONS, 1, True)
+        self._cluster = cast(RedisCluster, self._pub) if made.sharded else None
+        self._ack_replicas = settings.ack_replicas
+        # a little under the socket timeout, so that Redis answers before the socket gives up
+        self._wait_ms = max(1, int(settings.redis_timeout * 750))
         self._script_loaded = False
         self._claim = self._read.register_script(scripts.CLAIM)
         self._touch = self._read.register_script(scripts.TOUCH)
         self._presence = self._read.register_script(scripts.PRESENCE)
         self._prune = self._read.register_script(scripts.PRESENCE_PRUNE)
         self._dead_maxlen = str(settings.stream_maxlen)
-        self._pubsub = PubSubSupervisor(self._sub, self._keys, settings)
-        self._publish_args: Final = retention_args(settings)
+        self._pubsub: Announcements = (
+            ShardedPubSub(made, cast(RedisCluster, self._read), self._keys, settings)
+            if made.sharded
+            else PubSubSupervisor(made.make("sub", 1, 0, False), self._keys, settings)
+        )
+        self._publish_args: Final = retention_args(settings, made.sharded)
+        self._announcer = announcer(made.sharded)
 
     @property
     def keys(self) -> Keys:
@@ -84,7 +99,7 @@ class RedisBroker:
     async def close(self) -> None:
         """Stop and disconnect, within a bounded time even when Redis does not answer."""
         await self._pubsub.stop()
-        for client in (self._pub, self._read, self._sub):
+        for client in (self._pub, self._read):
             await close_client(client, self._settings.redis_timeout)
 
     async def ping(self) -> None:
@@ -96,26 +111,87 @@ class RedisBroker:
 
     async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
         replies = await self._run_publish(requests)
-        if replies and all(isinstance(r, redis_errors.NoScriptError) for r in replies):
-            replies = await self._run_publish(requests)  # SCRIPT FLUSH: nothing ran; load and retry
+        retry = _script_missing(requests, replies)
+        if retry:  # a Redis (or a shard's new master) without the script: none of those ran
+            self._script_loaded = False
+            again = await self._run_publish([requests[i] for i in retry])
+            for i, reply in zip(retry, again, strict=True):
+                replies[i] = reply
         return [_published(reply) for reply in replies]
 
     async def _run_publish(self, requests: Sequence[PublishRequest]) -> list[Any]:
-        """One round trip: SCRIPT LOAD when the script may be missing, then one EVALSHA per request."""
+        """One round trip: SCRIPT LOAD when the script may be missing, one EVALSHA per request,
+        then (``RELAY_ACK_REPLICAS``) one WAIT per node written to."""
         pipe = self._pub.pipeline(transaction=False)
         load = not self._script_loaded
+        nodes = await self._nodes_of(requests) if self._ack_replicas else []
         if load:
-            pipe.script_load(scripts.PUBLISH)
+            for target in await self._primaries():
+                pipe.execute_command("SCRIPT", "LOAD", scripts.PUBLISH, **target)
         for request in requests:
             pipe.execute_command("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request))
+        waits = sorted(set(nodes), key=nodes.index)
+        for name in waits:
+            pipe.execute_command("WAIT", self._ack_replicas, self._wait_ms, **self._target(name))
         try:
             replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "publish")
         except BrokerUnavailable:
             self._script_loaded = False  # a new connection may mean a restarted Redis
+            await self._reroute()
             raise
-        replies = replies[1:] if load else replies
+        if any(isinstance(reply, redis_errors.RedisError) and _passing(reply) for reply in replies):
+            await self._reroute()
+        loads = len(replies) - len(requests) - len(waits)
+        confirmed = dict(zip(waits, replies[len(replies) - len(waits) :], strict=True))
+        replies = replies[loads : loads + len(requests)]
         self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
+        if waits:
+            now = await self._nodes_of(requests)
+            for i, name in enumerate(nodes):
+                replies[i] = self._replicated(replies[i], confirmed[name], now[i] == name)
         return replies
+
+    def _replicated(self, reply: Any, confirmed: Any, same_node: bool) -> Any:
+        """The reply of a stored request, or why its replicas are not known to have it."""
+        if isinstance(reply, Exception):
+            return reply
+        if isinstance(confirmed, Exception):
+            return BrokerUnavailable(f"Redis did not say whether replicas have the entries: {confirmed}")
+        if not same_node:
+            return BrokerUnavailable("the channel moved to another shard during the publish; retry")
+        if int(confirmed) < self._ack_replicas:
+            return BrokerUnavailable(
+                f"{confirmed} of {self._ack_replicas} replica(s) confirmed the entries within"
+                f" {self._wait_ms} ms (RELAY_ACK_REPLICAS); retry"
+            )
+        return reply
+
+    async def _reroute(self) -> None:
+        """A shard failed: read the slot map again, so that the next batch goes to its new master
+        (redis-py's cluster pipeline does not, when it may not retry)."""
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):  # no node answers: the next failure tries again
+                await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._settings.redis_timeout)
+
+    async def _nodes_of(self, requests: Sequence[PublishRequest]) -> list[str]:
+        """Per request, the name of the node its channel lives on ("" for a single Redis)."""
+        if self._cluster is None:
+            return [""] * len(requests)
+        await self._cluster.initialize()  # at once when done: the slot map is kept and updated
+        stream, owner = self._keys.stream, self._cluster.get_node_from_key
+        return [str(getattr(owner(stream(r.channel)), "name", "")) for r in requests]
+
+    async def _primaries(self) -> list[dict[str, Any]]:
+        if self._cluster is None:
+            return [{}]
+        await self._cluster.initialize()
+        return [{"target_nodes": node} for node in self._cluster.get_primaries()]
+
+    def _target(self, node: str) -> dict[str, Any]:
+        if self._cluster is None:
+            return {}
+        found = self._cluster.get_node(node_name=node)
+        return {"target_nodes": found} if found is not None else {}
 
     def _publish_keys_and_args(self, request: PublishRequest) -> list[str | int]:
         keys = self._keys
@@ -205,20 +281,28 @@ class RedisBroker:
     # -- presence -------------------------------------------------------------------------------
 
     async def presence_change(self, changes: Sequence[PresenceChange]) -> list[str | None]:
-        keys = self._keys
-        pipe = self._read.pipeline(transaction=False)
-        for change in changes:
-            op, stored = ("join", f"{change.epoch} {change.entry}") if change.join else ("leave", "")
-            await self._presence(  # queued in the pipeline (its script loaded first when missing)
-                keys=[keys.presence(change.channel), keys.live(change.channel)],
-                args=[op, change.client, stored, change.frame],
-                client=pipe,
-            )
-        replies = await checked(pipe.execute(raise_on_error=False), "presence_change")
+        replies = await self._run_presence(changes)
+        if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
+            # a Redis (or a shard's new master) without the script: those did not run, and a
+            # change applied twice does no harm
+            await checked(self._read.script_load(scripts.PRESENCE), "presence_change")
+            replies = await self._run_presence(changes)
         for reply in replies:
             if isinstance(reply, redis_errors.RedisError) and _passing(reply):
                 raise BrokerUnavailable(f"Redis cannot write now: {reply}")
         return [str(reply) if isinstance(reply, Exception) else None for reply in replies]
+
+    async def _run_presence(self, changes: Sequence[PresenceChange]) -> list[Any]:
+        keys = self._keys
+        pipe = self._read.pipeline(transaction=False)
+        for change in changes:
+            op, stored = ("join", f"{change.epoch} {change.entry}") if change.join else ("leave", "")
+            channel = change.channel
+            names = (keys.presence(channel), keys.live(channel))
+            args = (op, change.client, stored, change.frame, self._announcer)
+            pipe.execute_command("EVALSHA", self._presence.sha, 2, *names, *args)
+        replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "presence_change")
+        return replies
 
     async def presence_list(self, channel: str) -> dict[str, str]:
         key = self._keys.presence(channel)
@@ -286,12 +370,40 @@ _PASSING: Final = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN
 
 def _passing(error: redis_errors.RedisError) -> bool:
     """An error that says "not now" (a failover, a restart), not "never": worth trying again."""
-    return str(error).startswith(_PASSING) or isinstance(error, redis_errors.ConnectionError)
+    return str(error).startswith(_PASSING) or isinstance(error, _PASSING_TYPES)
+
+
+_PASSING_TYPES: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.AskError,  # and MovedError: a slot on its way to another shard
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+    redis_errors.ReadOnlyError,
+)
+
+
+def _script_missing(requests: Sequence[PublishRequest], replies: list[Any]) -> list[int]:
+    """The requests that found no script, and may run again: none of their channel's later
+    requests in the batch was stored (running one again must not reorder its channel)."""
+    retry: list[int] = []
+    stored_after: set[str] = set()
+    for i in reversed(range(len(requests))):
+        channel = requests[i].channel
+        if not isinstance(replies[i], redis_errors.NoScriptError):
+            stored_after.add(channel)
+        elif channel not in stored_after:
+            retry.append(i)
+    return retry[::-1]
 
 
 def _published(reply: Any) -> Published | Exception:
+    if isinstance(reply, BrokerUnavailable):
+        return reply
     if isinstance(reply, redis_errors.NoScriptError):
         return BrokerUnavailable("the publish script was not loaded in Redis (SCRIPT FLUSH?); retry")
+    if isinstance(reply, redis_errors.RedisError) and _passing(reply):
+        return BrokerUnavailable(f"Redis cannot store now: {reply}")
     if isinstance(reply, Exception):
         return StorageError(f"Redis refused the publish: {reply}")
     return Published([str(entry_id) for entry_id in reply[1:]], replayed=reply[0] == 1)

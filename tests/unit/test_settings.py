@@ -103,3 +103,53 @@ def test_an_empty_token_key_is_an_error_not_an_open_relay(monkeypatch: pytest.Mo
     monkeypatch.setenv("RELAY_JWT_SECRET", "")
     with pytest.raises(ValidationError, match="set but empty"):
         Settings()
+
+
+def test_sentinels_name_the_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "s1:26379, s2:26379,[::1]:26380")
+    monkeypatch.setenv("RELAY_REDIS_SENTINEL_MASTER", "mymaster")
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://:secret@ignored/2")
+    settings = Settings()
+    assert settings.topology == "sentinel"
+    assert not settings.embedded
+    assert settings.redis_sentinels == ["s1:26379", "s2:26379", "[::1]:26380"]
+    assert "secret" not in settings.redis_url_for_display()
+    assert "s1:26379" in settings.redis_url_for_display()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"RELAY_REDIS_SENTINELS": "s1:26379"}, "together"),
+        ({"RELAY_REDIS_SENTINEL_MASTER": "mymaster"}, "together"),
+        ({"RELAY_REDIS_SENTINELS": "s1", "RELAY_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+        ({"RELAY_REDIS_SENTINELS": "s1:0", "RELAY_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+        ({"RELAY_REDIS_CLUSTER": "true"}, "RELAY_REDIS_URL"),
+        (
+            {
+                "RELAY_REDIS_CLUSTER": "true",
+                "RELAY_REDIS_URL": "redis://a:1",
+                "RELAY_REDIS_SENTINELS": "s:1",
+                "RELAY_REDIS_SENTINEL_MASTER": "m",
+            },
+            "not both",
+        ),
+        ({"RELAY_ACK_REPLICAS": "-1"}, "greater than or equal"),
+    ],
+)
+def test_a_topology_set_halfway_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=says):
+        Settings()
+
+
+def test_a_cluster_is_named_by_one_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://node-1:6379/0")
+    monkeypatch.setenv("RELAY_ACK_REPLICAS", "1")
+    settings = Settings()
+    assert (settings.topology, settings.ack_replicas) == ("cluster", 1)
+    assert settings.redis_url_for_display() == "cluster at redis://node-1:6379/0"

@@ -2,17 +2,20 @@
 --
 -- KEYS[1]  the channel's stream                    relay:{C}
 -- KEYS[2]  the channel's trim watermark            relay:{C}:trimmed
--- KEYS[3]  the channel's announcement channel      relay:{C}:live   (Pub/Sub; declared for routing)
+-- KEYS[3]  the channel's announcement channel      relay:{C}:live   (Pub/Sub; declared for routing:
+--                                                  in a cluster a shard channel of C's slot)
 -- KEYS[4]  optional: an idempotency key            relay:{C}:idem:<key>
 --
 -- ARGV[1]  MAXLEN: entries kept (0: no limit); trimming waits for a little slack, then is exact
 -- ARGV[2]  max age in milliseconds (0: no limit)
 -- ARGV[3]  idempotency window in seconds (with KEYS[4])
--- ARGV[4..] the messages' JSON text, in order (none: only apply retention)
+-- ARGV[4]  the announcing command: PUBLISH, or SPUBLISH on a cluster (sharded Pub/Sub)
+-- ARGV[5..] the messages' JSON text, in order (none: only apply retention)
 --
 -- Returns {replayed, id1, id2, ...}. replayed = 1 when KEYS[4] already named an entry: then
--- nothing is written and id1 is that entry's id. With no messages (a retention-only call):
--- {0, number of entries removed}.
+-- id1 is that entry's id and nothing new is stored; the key is written again, unchanged, so that
+-- a WAIT after this call also covers the entry (a replica that has this write has the entry).
+-- With no messages (a retention-only call): {0, number of entries removed}.
 --
 -- Announces "prev\0id1\0data1\0id2\0data2..." where prev is the id of the stream's last entry
 -- before this call ("0-0" when there is none). JSON text never holds a NUL byte.
@@ -22,11 +25,12 @@
 -- max-deleted-entry-id is not moved by trimming.)
 
 local stream, watermark, live, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local maxlen, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+local maxlen, max_age, announce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
 
 if idem then
   local seen = redis.call('GET', idem)
   if seen then
+    redis.call('SET', idem, seen, 'KEEPTTL')
     return {1, seen}
   end
 end
@@ -67,7 +71,7 @@ end
 
 local reply = {0}
 local announcement = {prev}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = redis.call('XADD', stream, '*', 'data', ARGV[i])
   reply[#reply + 1] = id
   announcement[#announcement + 1] = id
@@ -88,5 +92,5 @@ end
 if idem then
   redis.call('SET', idem, reply[2], 'EX', ARGV[3])
 end
-redis.call('PUBLISH', live, table.concat(announcement, '\0'))
+redis.call(announce, live, table.concat(announcement, '\0'))
 return reply

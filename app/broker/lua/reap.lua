@@ -1,17 +1,15 @@
 -- reap.lua: remove a consumer group's consumer whose process is gone, if it holds nothing.
 --
 -- KEYS[1]  the channel's stream                    relay:{C}
--- KEYS[2]  the consumer's heartbeat                relay:alive:<consumer>
 -- ARGV[1]  group
 -- ARGV[2]  consumer
 -- ARGV[3]  min idle ms: the consumer has not read or claimed for this long
 --
--- Removes it only when, all at once: no heartbeat, no pending entry, idle for ARGV[3] (a live
--- reader polls far more often). Returns 1 when removed, else 0.
+-- Removes it only when, all at once: no pending entry, idle for ARGV[3] (a live reader polls far
+-- more often). The caller checked first that its process has no heartbeat (relay:alive:<consumer>
+-- lives in another slot of a cluster, so it cannot be read here); a process that comes back
+-- in between only finds its consumer made again by its next read. Returns 1 when removed, else 0.
 
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
-end
 if redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])[1] then
   return 0
 end
