@@ -1,9 +1,10 @@
-"""The broker and the hub on both Redis flavours: the embedded fakeredis and a real Redis."""
+"""The broker and the hub on every Redis flavour: the embedded fakeredis, a real Redis, and a
+three-shard Redis Cluster of the suite's own (sharded Pub/Sub, keys spread over the shards)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from app.broker.streams import RedisBroker
 from app.errors import BrokerUnavailable
 from app.settings import Settings
 from tests.support import timeout
+from tests.topologies import ClusterSet
 
 
 class Recorder:
@@ -49,12 +51,22 @@ class Recorder:
 BrokerFactory = Callable[..., Any]
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    with ClusterSet(tmp_path_factory.mktemp("contract-cluster")).start() as topology:
+        yield topology
+
+
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 def settings_for(request: pytest.FixtureRequest, prefix: str) -> Callable[..., Settings]:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    topology: dict[str, Any] = {}
+    if request.param == "cluster":
+        topology = {"redis_url": request.getfixturevalue("cluster").url, "redis_cluster": True}
 
     def make(**overrides: Any) -> Settings:
-        return Settings(_env_file=None, redis_url=url, key_prefix=prefix, **overrides)  # type: ignore[call-arg]
+        options = {"redis_url": url, "key_prefix": prefix, **topology, **overrides}
+        return Settings(_env_file=None, **options)  # type: ignore[call-arg]
 
     return make
 

@@ -1,0 +1,129 @@
+"""A steady publish load and consumers that check what they got, for failover tests.
+
+A :class:`SteadyProducer` sends one message at a time over ``/ws/producer/C`` and keeps what was
+acknowledged; an ``unavailable`` reply (a failover under way) is counted and the next message goes
+on. A :class:`Tail` reads one consumer socket and fails the test if the socket closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support import recv_json, timeout
+
+
+class SteadyProducer:
+    """Publishes ``{"seq": n}`` on one channel until stopped; ``acked``: seq -> entry id."""
+
+    def __init__(self, url: str, channel: str, interval: float = 0.01) -> None:
+        self.url, self.channel, self.interval = url, channel, interval
+        self.acked: dict[int, str] = {}
+        self.refused: list[tuple[int, str]] = []  # (seq, code) of replies that were not acks
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        """False once the producer's loop ended (its error is raised by :meth:`stop`)."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> SteadyProducer:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, timeout(20))
+
+    async def _run(self) -> None:
+        seq = 0
+        async with connect(f"{self.url}/ws/producer/{self.channel}", open_timeout=timeout(10)) as ws:
+            while not self._stop.is_set():
+                await ws.send(json.dumps({"seq": seq}))
+                reply = await recv_json(ws, within=15)
+                if reply["type"] == "ack":
+                    self.acked[seq] = reply["id"]
+                else:
+                    self.refused.append((seq, reply["code"]))
+                seq += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+
+
+class Tail:
+    """Everything one consumer socket receives: ``messages`` as (entry id, data)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.messages: list[tuple[str, Any]] = []
+        self.other: list[dict[str, Any]] = []
+        self.closed: int | None = None
+        self.heard = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame["type"] == "message":
+                    self.messages.append((frame["id"], frame["data"]))
+                    self.heard.set()
+                else:
+                    self.other.append(frame)
+        finally:
+            self.closed = self.ws.close_code if self.ws.close_code is not None else -1
+
+    def ids(self) -> list[str]:
+        return [entry_id for entry_id, _ in self.messages]
+
+    async def wait_for(self, entry_id: str, within: float = 15) -> None:
+        """Until the message ``entry_id`` (or a later one) arrived; fails if the socket closed."""
+        async with asyncio.timeout(timeout(within)):
+            while not self.messages or _key(self.messages[-1][0]) < _key(entry_id):
+                assert self.closed is None, f"the consumer's socket closed ({self.closed})"
+                if self._task.done():
+                    self._task.result()  # the reader failed: say why
+                self.heard.clear()
+                await self.heard.wait()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task  # a failure of the reader is raised here
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+@contextlib.asynccontextmanager
+async def tails(*urls: str) -> AsyncIterator[list[Tail]]:
+    """One consumer per URL, each past its ``subscribed`` frame."""
+    async with contextlib.AsyncExitStack() as stack:
+        made: list[Tail] = []
+        for url in urls:
+            ws = await stack.enter_async_context(connect(url, open_timeout=timeout(10)))
+            assert (await recv_json(ws))["type"] == "subscribed"
+            made.append(Tail(ws))
+        try:
+            yield made
+        finally:
+            for tail in made:
+                await tail.close()
+
+
+def check_delivery(tail: Tail, acked: dict[int, str]) -> None:
+    """Every acked message once and in order; nothing else but messages that were refused."""
+    ids = tail.ids()
+    assert len(ids) == len(set(ids)), "a message was delivered twice"
+    assert ids == sorted(ids, key=_key), "messages out of order"
+    missing = set(acked.values()) - set(ids)
+    assert not missing, f"{len(missing)} acked message(s) never delivered, e.g. {sorted(missing)[:3]}"
+    assert tail.closed is None, f"the consumer's socket closed ({tail.closed})"
