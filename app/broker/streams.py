@@ -111,9 +111,8 @@ class RedisBroker:
 
     async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
         replies = await self._run_publish(requests)
-        retry = _script_missing(requests, replies)
+        retry = [] if self._script_loaded else _script_missing(requests, replies)
         if retry:  # a Redis (or a shard's new master) without the script: none of those ran
-            self._script_loaded = False
             again = await self._run_publish([requests[i] for i in retry])
             for i, reply in zip(retry, again, strict=True):
                 replies[i] = reply
