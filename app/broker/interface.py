@@ -71,9 +71,16 @@ Presence (:class:`PresenceStore`)
     they changed since it read them).
 
 Connections
-    A broker holds a constant number of Redis connections, whatever the number of channels,
-    consumers and groups: one for Pub/Sub, one for publishing, a few for everything else. No call
-    blocks waiting for new entries; the announcements say when to read.
+    A broker holds a constant number of Redis connections (per shard, on a cluster), whatever the
+    number of channels, consumers and groups: one for Pub/Sub, one for publishing, a few for
+    everything else. No call blocks waiting for new entries; the announcements say when to read.
+
+Topologies
+    The same guarantees hold on one Redis, behind Sentinel and on a Cluster, and through a
+    failover of the master (or of a shard's master): while it lasts, calls raise
+    :class:`~app.errors.BrokerUnavailable`, and afterwards the broker finds the new master by
+    itself and calls :meth:`BrokerListener.on_resubscribed`. With ``RELAY_ACK_REPLICAS`` = N, a
+    publish returns a result only once N replicas have its entries.
 
 Failures
     Every method raises :class:`~app.errors.BrokerUnavailable` when Redis cannot be reached or does

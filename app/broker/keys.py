@@ -8,10 +8,12 @@ name                           type         holds
 ``relay:{C}``                  stream       the messages; field ``data`` is the producer's JSON
 ``relay:{C}:trimmed``          string       id of the newest entry retention removed (for gaps)
 ``relay:{C}:idem:<key>``       string       the id an ``Idempotency-Key`` was first stored under
-``relay:{C}:live``             Pub/Sub      announcements of new entries (not a key)
+``relay:{C}:live``             Pub/Sub      announcements of new entries (not a key; a shard channel
+                                            on a cluster, ``SPUBLISH``/``SSUBSCRIBE``)
 ``relay:{C}:dead``             stream       dead letters of the channel's consumer groups
 ``relay:{C}:presence``         hash         who is on the channel: connection id -> ``<epoch> <entry>``
-``relay:instance:<name>``      Pub/Sub      one per instance; keeps its Pub/Sub connection open
+``relay:instance:<name>``      Pub/Sub      one per instance; keeps its Pub/Sub connection open (on
+                                            a cluster, one per shard connection: never published to)
 ``relay:alive:<name>``         string       an instance's or worker's heartbeat (expires)
 ``relay:janitor:lease``        string       which janitor works now (expires)
 ``relay:present:<boot>``       string       an instance process's presence heartbeat (expires
@@ -21,8 +23,9 @@ name                           type         holds
 Consumer groups live on the channel's stream itself (``XINFO GROUPS relay:{C}``); each process
 is one consumer in them, named after ``RELAY_INSTANCE_NAME``.
 
-The braces are a Redis Cluster hash tag: everything of one channel lives in one slot, so the
-publish script never crosses slots.
+The braces are a Redis Cluster hash tag: everything of one channel lives in one slot, so no script
+crosses slots and a channel's announcements stay on its shard. The other keys (heartbeats, the
+lease) hash wherever they do and are never used in a script beside a channel's.
 """
 
 from __future__ import annotations
