@@ -22,6 +22,7 @@ T = TypeVar("T")
 UNAVAILABLE: Final = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
+    redis_errors.RedisClusterException,  # no node of the cluster answers, a slot not covered now
     OSError,
     TimeoutError,
 )

@@ -21,6 +21,8 @@ stored twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -128,6 +130,17 @@ class SentinelClients(Clients):
 
 
 _HOLDING: ContextVar[bool] = ContextVar("relay_cluster_permit", default=False)
+
+
+@contextlib.contextmanager
+def self_bounded() -> Iterator[None]:
+    """Calls to a cluster made inside take no permit: their caller bounds them itself (the
+    publisher sends one pipeline per node at a time, on the node's one connection)."""
+    token = _HOLDING.set(True)
+    try:
+        yield
+    finally:
+        _HOLDING.reset(token)
 
 
 class _BoundedCluster(RedisCluster):

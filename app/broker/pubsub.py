@@ -127,21 +127,14 @@ class PubSubSupervisor:
             raise BrokerUnavailable(f"Redis did not confirm SUBSCRIBE {name} in time") from exc
 
     async def adopt(self, channel: str) -> None:
-        """Follow a channel that another shard's connection followed until now: the listener hears
-        ``on_resubscribed`` once announcements flow here (what came meanwhile is read again)."""
+        """Follow a channel that another shard's connection followed until now; returns once it
+        is subscribed, or left to the next session (which subscribes every followed channel and
+        tells the listener), or to the owner's next routing."""
         if not self.connected:
-            self._followed.add(channel)  # the next session subscribes it and tells the listener
+            self._followed.add(channel)
             return
-        try:
+        with contextlib.suppress(BrokerUnavailable):
             await self.follow(channel)
-        except BrokerUnavailable:
-            return  # the session dropped: as above, or routed again by the owner
-        if self._listener is not None:
-            self._listener.on_resubscribed()
-
-    @property
-    def followed(self) -> set[str]:
-        return self._followed
 
     def unfollow(self, channel: str) -> None:
         self._followed.discard(channel)

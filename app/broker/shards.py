@@ -61,6 +61,7 @@ class ShardedPubSub:
         self._mapped = False  # the slot map was read and every master has a supervisor
         self._task: asyncio.Task[None] | None = None
         self._moves: set[asyncio.Task[None]] = set()
+        self._refreshing = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -125,6 +126,10 @@ class ShardedPubSub:
 
     async def _refresh(self) -> bool:
         """Read the slot map again and route by it; False when no node answered."""
+        async with self._refreshing:  # the router, and a follow() that found its slot moved
+            return await self._route()
+
+    async def _route(self) -> bool:
         try:
             await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._settings.redis_timeout * 2)
         except Exception as exc:  # every node away, or one answering nonsense mid-failover
@@ -155,7 +160,9 @@ class ShardedPubSub:
         await self._shards.pop(name).stop()
 
     def _move_strays(self) -> None:
-        """Every followed channel whose slot is now another master's goes there."""
+        """Every followed channel whose slot is now another master's goes there; once they are
+        subscribed there, the hub reads the streams for what was announced meanwhile."""
+        moves: list[tuple[PubSubSupervisor, str]] = []
         for channel, shard in list(self._owner.items()):
             try:
                 node = self._cluster.get_node_from_key(self._keys.live(channel))
@@ -166,6 +173,14 @@ class ShardedPubSub:
             self._owner[channel] = str(node.name)
             if shard in self._shards:
                 self._shards[shard].unfollow(channel)
-            task = asyncio.create_task(self._shards[str(node.name)].adopt(channel))
+            moves.append((self._shards[str(node.name)], channel))
+        if moves:
+            log.info("%d followed channel(s) moved to another shard", len(moves))
+            task = asyncio.create_task(self._adopt(moves))
             self._moves.add(task)
             task.add_done_callback(self._moves.discard)
+
+    async def _adopt(self, moves: list[tuple[PubSubSupervisor, str]]) -> None:
+        await asyncio.gather(*(shard.adopt(channel) for shard, channel in moves))
+        if self._listener is not None:
+            self._listener.on_resubscribed()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, cast
 
 from redis import exceptions as redis_errors
@@ -119,36 +119,55 @@ class RedisBroker:
         return [_published(reply) for reply in replies]
 
     async def _run_publish(self, requests: Sequence[PublishRequest]) -> list[Any]:
-        """One round trip: SCRIPT LOAD when the script may be missing, one EVALSHA per request,
-        then (``RELAY_ACK_REPLICAS``) one WAIT per node written to."""
+        """One round trip per node written to (one Redis: one round trip), all at once: a failing
+        shard fails only its own requests. Raises BrokerUnavailable when every node failed."""
+        groups = await self._by_node(requests)
+        if len(groups) == 1:
+            ((node, _),) = groups.items()
+            outcomes: list[Any] = [await _outcome(self._run_on(node, requests))]
+        else:
+            runs = (self._run_on(node, [requests[i] for i in held]) for node, held in groups.items())
+            with clients.self_bounded():  # at most one pipeline per node at a time: the publisher's
+                outcomes = await asyncio.gather(*(_outcome(run) for run in runs))
+        replies: list[Any] = [None] * len(requests)
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BrokerUnavailable)]
+        for held, outcome in zip(groups.values(), outcomes, strict=True):
+            got = [outcome] * len(held) if isinstance(outcome, BrokerUnavailable) else outcome
+            for i, reply in zip(held, got, strict=True):
+                replies[i] = reply
+        self._script_loaded = not failed and not any(
+            isinstance(r, redis_errors.NoScriptError) for r in replies
+        )
+        if failed or any(isinstance(r, redis_errors.RedisError) and _passing(r) for r in replies):
+            await self._reroute()
+        if len(failed) == len(groups):
+            raise failed[0]
+        return replies
+
+    async def _run_on(self, node: str, requests: Sequence[PublishRequest]) -> list[Any]:
+        """On one node: SCRIPT LOAD when the script may be missing, one EVALSHA per request, then
+        (``RELAY_ACK_REPLICAS``) one WAIT, all in one pipeline on the node's one connection."""
+        if self._cluster is not None and not node:
+            raise BrokerUnavailable("no shard of the cluster owns the channel now (a failover?)")
         pipe = self._pub.pipeline(transaction=False)
+        target = self._target(node)
         load = not self._script_loaded
-        nodes = await self._nodes_of(requests) if self._ack_replicas else []
         if load:
-            for target in await self._primaries():
-                pipe.execute_command("SCRIPT", "LOAD", scripts.PUBLISH, **target)
+            pipe.execute_command("SCRIPT", "LOAD", scripts.PUBLISH, **target)
         for request in requests:
             pipe.execute_command("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request))
-        waits = sorted(set(nodes), key=nodes.index)
-        for name in waits:
-            pipe.execute_command("WAIT", self._ack_replicas, self._wait_ms, **self._target(name))
-        try:
-            replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "publish")
-        except BrokerUnavailable:
-            self._script_loaded = False  # a new connection may mean a restarted Redis
-            await self._reroute()
-            raise
-        if any(isinstance(reply, redis_errors.RedisError) and _passing(reply) for reply in replies):
-            await self._reroute()
-        loads = len(replies) - len(requests) - len(waits)
-        confirmed = dict(zip(waits, replies[len(replies) - len(waits) :], strict=True))
-        replies = replies[loads : loads + len(requests)]
-        self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
-        if waits:
-            now = await self._nodes_of(requests)
-            for i, name in enumerate(nodes):
-                replies[i] = self._replicated(replies[i], confirmed[name], now[i] == name)
-        return replies
+        if self._ack_replicas:
+            pipe.execute_command("WAIT", self._ack_replicas, self._wait_ms, **target)
+        replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "publish")
+        stored = replies[int(load) : int(load) + len(requests)]
+        if not self._ack_replicas:
+            return stored
+        # a request that redis-py sent to another node (MOVED): this node's WAIT does not cover it
+        now = await self._nodes_of(requests) if self._cluster is not None else [node] * len(requests)
+        return [
+            self._replicated(reply, replies[-1], name == node)
+            for reply, name in zip(stored, now, strict=True)
+        ]
 
     def _replicated(self, reply: Any, confirmed: Any, same_node: bool) -> Any:
         """The reply of a stored request, or why its replicas are not known to have it."""
@@ -172,22 +191,30 @@ class RedisBroker:
             with contextlib.suppress(Exception):  # no node answers: the next failure tries again
                 await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._settings.redis_timeout)
 
-    async def _nodes_of(self, requests: Sequence[PublishRequest]) -> list[str]:
-        """Per request, the name of the node its channel lives on ("" for a single Redis)."""
+    async def _by_node(self, requests: Sequence[PublishRequest]) -> dict[str, list[int]]:
+        """The requests' indexes, by the name of the node their channel lives on ("" for one Redis)."""
         if self._cluster is None:
-            return [""] * len(requests)
-        await self._cluster.initialize()  # at once when done: the slot map is kept and updated
-        stream, owner = self._keys.stream, self._cluster.get_node_from_key
-        return [str(getattr(owner(stream(r.channel)), "name", "")) for r in requests]
+            return {"": list(range(len(requests)))}
+        groups: dict[str, list[int]] = {}
+        for i, node in enumerate(await self._nodes_of(requests)):
+            groups.setdefault(node, []).append(i)
+        return groups
 
-    async def _primaries(self) -> list[dict[str, Any]]:
-        if self._cluster is None:
-            return [{}]
-        await self._cluster.initialize()
-        return [{"target_nodes": node} for node in self._cluster.get_primaries()]
+    async def _nodes_of(self, requests: Sequence[PublishRequest]) -> list[str]:
+        """Per request, the name of the node that owns its channel, by the slot map ("": unknown)."""
+        assert self._cluster is not None
+        await checked(self._cluster.initialize(), "publish")  # at once when done: the map is kept
+        stream, owner = self._keys.stream, self._cluster.get_node_from_key
+        names: list[str] = []
+        for request in requests:
+            try:
+                names.append(str(getattr(owner(stream(request.channel)), "name", "")))
+            except redis_errors.RedisError:  # not covered now: a shard is failing over
+                names.append("")
+        return names
 
     def _target(self, node: str) -> dict[str, Any]:
-        if self._cluster is None:
+        if self._cluster is None or not node:
             return {}
         found = self._cluster.get_node(node_name=node)
         return {"target_nodes": found} if found is not None else {}
@@ -380,6 +407,13 @@ _PASSING_TYPES: Final = (
     redis_errors.ClusterDownError,
     redis_errors.ReadOnlyError,
 )
+
+
+async def _outcome(run: Awaitable[list[Any]]) -> list[Any] | BrokerUnavailable:
+    try:
+        return await run
+    except BrokerUnavailable as exc:
+        return exc
 
 
 def _script_missing(requests: Sequence[PublishRequest], replies: list[Any]) -> list[int]:

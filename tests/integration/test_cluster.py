@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import RelayFactory
+from tests.conftest import RelayFactory, base_env
 from tests.integration.load import SteadyProducer, Tail, check_delivery, tails
 from tests.support import Instance, eventually, recv_json, recv_messages, timeout
 from tests.topologies import ClusterSet
@@ -156,6 +157,37 @@ async def test_groups_share_every_message_once_across_instances(
     await eventually(lambda: _no_pending(client, key), 10, "every ack stored")
 
 
+def test_the_janitor_tidies_channels_on_every_shard(tmp_path: Path, cluster: ClusterSet, prefix: str) -> None:
+    client = cluster.client()
+    channels = list(spread(cluster, prefix, per_shard=1))
+    for channel in channels:
+        key = f"{prefix}:{{{channel}}}"
+        client.xadd(key, {"data": "1"}, id="1-1")  # old: past any age limit
+        client.xgroup_create(key, "g", id="0")
+        for name in ("gone", "alive"):
+            client.xreadgroup("g", name, {key: "0"}, count=1)  # made, holding nothing
+    client.set(f"{prefix}:alive:alive", "1", px=60_000)  # in a slot of its own, on some shard
+    env = base_env(
+        redis_url=cluster.url,
+        redis_cluster="true",
+        key_prefix=prefix,
+        janitor_reap_idle_ms="0",
+        stream_max_age="60",
+    )
+    janitor = Instance(
+        env, tmp_path / "janitor.log", [sys.executable, "-m", "app", "worker", "janitor", "--once"]
+    )
+    janitor.start(ready=False)
+    try:
+        assert janitor.wait_exit(30) == 0, janitor.log()
+    finally:
+        janitor.stop()
+    for channel in channels:
+        key = f"{prefix}:{{{channel}}}"
+        assert {c["name"] for c in client.xinfo_consumers(key, "g")} == {"alive"}, channel
+        assert client.xlen(key) == 0, channel  # the old entry went, on every shard
+
+
 async def test_a_followed_channel_keeps_flowing_while_its_slot_moves(
     relay: RelayFactory, cluster: ClusterSet, prefix: str
 ) -> None:
@@ -184,8 +216,13 @@ async def test_a_shard_master_killed_under_load_loses_no_acked_message(
     with ClusterSet(tmp_path / "cluster", masters=3, replicas=2).start() as cluster:
         a = on_cluster(relay, cluster, ack_replicas="1").start()
         b = on_cluster(relay, cluster, ack_replicas="1").start()
-        channel, owner = next(iter(spread(cluster, prefix, per_shard=1).items()))
-        quiet = next(c for c, port in spread(cluster, prefix, per_shard=1).items() if port != owner)
+        # the channel on the node the instances were told of (RELAY_REDIS_URL): they must find
+        # the cluster through the others
+        seed = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+        placed = spread(cluster, prefix, per_shard=1)
+        channel = next(c for c, port in placed.items() if port == seed)
+        quiet = next(c for c, port in placed.items() if port != seed)
+        owner = seed
         async with tails(f"{a.ws}/ws/consumer/{channel}", f"{b.ws}/ws/consumer/{channel}") as followers:
             producer = SteadyProducer(b.ws, channel).start()
             elsewhere = SteadyProducer(a.ws, quiet).start()
