@@ -170,6 +170,8 @@ class Settings(BaseSettings):
             raise ValueError("set RELAY_REDIS_SENTINELS or RELAY_REDIS_CLUSTER, not both")
         if self.redis_cluster and self.redis_url is None:
             raise ValueError("RELAY_REDIS_CLUSTER needs RELAY_REDIS_URL naming a node of the cluster")
+        if self.ack_replicas and self.redis_url is None and not self.redis_sentinels:
+            raise ValueError("RELAY_ACK_REPLICAS needs a Redis with replicas; the embedded one has none")
         return self
 
     @field_validator("redis_sentinels", mode="before")

@@ -1,9 +1,10 @@
 """One Redis call as the broker makes it: timed per operation, its failures in the relay's terms.
 
 ``redis-py`` raises connection errors, timeouts and ``ResponseError``; the rest of the relay only
-ever sees :class:`~app.errors.BrokerUnavailable` (not known to be done: try again later) and
-:class:`~app.errors.StorageError` (Redis refused), and :class:`~app.errors.GroupMissing` for a
-consumer group that is gone.
+ever sees :class:`~app.errors.BrokerUnavailable` (not known to be done: try again later; also for
+answers that mean "not now", such as ``READONLY`` or ``TRYAGAIN`` during a failover or a
+resharding) and :class:`~app.errors.StorageError` (Redis refused), and
+:class:`~app.errors.GroupMissing` for a consumer group that is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ UNAVAILABLE: Final = (
 )
 
 
+_PASSING: Final = frozenset({"READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY"})
+_PASSING_TYPES: Final = (
+    redis_errors.ClusterError,  # "TTL exhausted": redirected too often, a slot on the move
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.AskError,  # and MovedError: a slot on its way to another shard
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+    redis_errors.ReadOnlyError,
+)
+
+
+def passing(error: redis_errors.RedisError) -> bool:
+    """An error that says "not now" (a failover, a restart, a slot moving), not "never"."""
+    return str(error).split(" ", 1)[0] in _PASSING or isinstance(error, _PASSING_TYPES)
+
+
 async def checked(awaitable: Awaitable[T], operation: str) -> T:
     """Await a Redis call, timed per ``operation``, turning its failures into the broker's errors."""
     started = time.perf_counter()
@@ -38,6 +56,8 @@ async def checked(awaitable: Awaitable[T], operation: str) -> T:
         raise BrokerUnavailable(f"Redis did not answer: {describe(exc)}") from exc
     except redis_errors.RedisError as exc:
         metrics.REDIS_ERRORS.labels(operation).inc()
+        if passing(exc):
+            raise BrokerUnavailable(f"Redis cannot answer now: {describe(exc)}") from exc
         raise StorageError(f"Redis refused: {describe(exc)}") from exc
     finally:
         metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)

@@ -29,10 +29,11 @@ from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from app.errors import ConfigError
 from app.settings import Settings
@@ -48,9 +49,13 @@ class Clients:
         """A client for ``role`` with at most ``connections`` connections (per node)."""
         raise NotImplementedError
 
-    def node(self, host: str, port: int, role: str, decode: bool) -> Redis:
-        """A one-connection client to one node of a cluster (its shard's Pub/Sub)."""
+    def node(self, node: ClusterNode, role: str, decode: bool) -> Redis:
+        """A one-connection client to one node of a cluster (its shard's Pub/Sub), made as the
+        cluster client's own connections to it are (address, TLS, user and password)."""
         raise ConfigError("expected a Redis Cluster for a client per node")
+
+    async def close(self) -> None:
+        """Close what the factory itself holds (the sentinels' connections)."""
 
 
 def for_settings(settings: Settings) -> Clients:
@@ -110,12 +115,14 @@ class SentinelClients(Clients):
         self._master = settings.redis_sentinel_master
         auth = _auth(settings)
         addresses = [_address(text) for text in settings.redis_sentinels]
-        timeouts = {
+        asking = {
             "socket_timeout": settings.redis_timeout,
             "socket_connect_timeout": settings.redis_timeout,
+            # a sentinel that does not answer: the next one is asked at once, not after retries
+            "retry": Retry(NoBackoff(), 0),
         }
-        # the URL's user and password are the master's; the sentinels are asked with none
-        self._sentinel = Sentinel(addresses, sentinel_kwargs=timeouts, **auth)  # type: ignore[no-untyped-call]
+        # the URL's user, password and database are the master's; the sentinels are asked with none
+        self._sentinel = Sentinel(addresses, sentinel_kwargs=asking, **auth)  # type: ignore[no-untyped-call]
 
     def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
         client: Redis = self._sentinel.master_for(
@@ -127,6 +134,10 @@ class SentinelClients(Clients):
             **_options(self._settings, role, retries, decode),
         )
         return client
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # a sentinel may be gone
+            await asyncio.wait_for(self._sentinel.aclose(), self._settings.redis_timeout)
 
 
 _HOLDING: ContextVar[bool] = ContextVar("relay_cluster_permit", default=False)
@@ -149,10 +160,11 @@ class _BoundedCluster(RedisCluster):
     ``MaxConnectionsError`` instead. A call made while holding one (a redirection the client
     follows by itself) takes none, so each node sees at most twice ``permits`` connections."""
 
-    def __init__(self, *args: Any, permits: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, permits: int, wait: float, **kwargs: Any) -> None:
         kwargs["max_connections"] = 2 * permits
         super().__init__(*args, **kwargs)
         self._permits = asyncio.Semaphore(permits)
+        self._wait = wait
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self.bounded(super().execute_command(*args, **kwargs))
@@ -163,12 +175,20 @@ class _BoundedCluster(RedisCluster):
     async def bounded(self, call: Any) -> Any:
         if _HOLDING.get():
             return await call
-        async with self._permits:
+        try:
+            async with asyncio.timeout(self._wait):  # as long as a blocking pool would wait
+                await self._permits.acquire()
+        except TimeoutError:
+            call.close()  # never awaited
+            raise redis_errors.ConnectionError(f"no connection free within {self._wait}s") from None
+        try:
             token = _HOLDING.set(True)
             try:
                 return await call
             finally:
                 _HOLDING.reset(token)
+        finally:
+            self._permits.release()
 
 
 class _BoundedPipeline(ClusterPipeline):
@@ -188,7 +208,6 @@ class ClusterClients(Clients):
         if urlsplit(self._url).path not in ("", "/", "/0"):
             raise ConfigError(f"a Redis Cluster has only database 0, got {settings.redis_url_for_display()}")
         self._settings = settings
-        self._auth = _auth(settings)
 
     def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
         options = _options(self._settings, role, retries, decode)
@@ -196,20 +215,21 @@ class ClusterClients(Clients):
         client = _BoundedCluster.from_url(
             self._url,
             permits=connections,
+            wait=self._settings.redis_timeout,
             require_full_coverage=True,
             **options,
         )
         # RedisCluster offers every command the broker sends with Redis's signatures, routed by slot
         return cast(Redis, client)
 
-    def node(self, host: str, port: int, role: str, decode: bool) -> Redis:
+    def node(self, node: ClusterNode, role: str, decode: bool) -> Redis:
+        options = {**node.connection_kwargs, **_options(self._settings, role, 0, decode)}
+        options.pop("connection_pool", None)
         pool = BlockingConnectionPool(
-            host=host,
-            port=port,
+            connection_class=node.connection_class,
             max_connections=1,
             timeout=self._settings.redis_timeout,
-            **self._auth,
-            **_options(self._settings, role, 0, decode),
+            **options,
         )
         return Redis.from_pool(pool)
 
@@ -230,17 +250,14 @@ class EmbeddedClients(Clients):
 
 
 def _auth(settings: Settings) -> dict[str, Any]:
-    """Database, user and password of ``RELAY_REDIS_URL`` (beside sentinels, only these count)."""
+    """Database, user, password and TLS of ``RELAY_REDIS_URL`` (beside sentinels, only these
+    count), decoded as redis-py decodes a URL."""
     if settings.redis_url is None:
         return {}
-    parts = urlsplit(settings.redis_url.get_secret_value())
-    auth: dict[str, Any] = {}
-    if parts.username:
-        auth["username"] = parts.username
-    if parts.password:
-        auth["password"] = parts.password
-    if not settings.redis_cluster and parts.path.strip("/"):
-        auth["db"] = int(parts.path.strip("/"))
+    parsed = parse_url(settings.redis_url.get_secret_value())
+    auth: dict[str, Any] = {key: parsed[key] for key in ("username", "password", "db") if parsed.get(key)}
+    if parsed.get("connection_class") is SSLConnection:
+        auth["ssl"] = True
     return auth
 
 

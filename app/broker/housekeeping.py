@@ -22,6 +22,7 @@ _CONNECTIONS: Final = 2
 class RedisHousekeeping:
     def __init__(self, settings: Settings, made: clients.Clients | None = None) -> None:
         made = made or clients.for_settings(settings)
+        self._made = made
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._client = made.make("janitor", _CONNECTIONS, 1, True)
@@ -64,3 +65,4 @@ class RedisHousekeeping:
 
     async def close(self) -> None:
         await close_client(self._client, self._settings.redis_timeout)
+        await self._made.close()

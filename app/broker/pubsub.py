@@ -82,6 +82,8 @@ class PubSubSupervisor:
         self._sharded = sharded
         self._on_trouble = on_trouble or (lambda: None)
         self._leaving: Counter[str] = Counter()  # SUNSUBSCRIBEs sent, not yet confirmed
+        self._refused: set[str] = set()
+        self._up = asyncio.Event()
         self._timeout = settings.redis_timeout
         self._control = keys.instance(settings.instance_name)
         self._listener: BrokerListener | None = None
@@ -128,13 +130,21 @@ class PubSubSupervisor:
 
     async def adopt(self, channel: str) -> None:
         """Follow a channel that another shard's connection followed until now; returns once it
-        is subscribed, or left to the next session (which subscribes every followed channel and
-        tells the listener), or to the owner's next routing."""
-        if not self.connected:
-            self._followed.add(channel)
-            return
-        with contextlib.suppress(BrokerUnavailable):
-            await self.follow(channel)
+        is subscribed here, or once it is certain that the next session subscribes it (and tells
+        the listener), or once Redis refused it (in :attr:`refused`, for the owner to route again)."""
+        self._followed.add(channel)  # a session starting now subscribes it with the others
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._up.wait()
+            await self.follow(channel)  # a second SSUBSCRIBE of a channel subscribed is harmless
+        except (TimeoutError, BrokerUnavailable):
+            return  # down: the next session subscribes every followed channel, then tells
+
+    def take_refused(self) -> set[str]:
+        """The channels Redis refused or let go here since the last call (their slot is another
+        shard's): no longer followed here."""
+        refused, self._refused = self._refused, set()
+        return refused
 
     def unfollow(self, channel: str) -> None:
         self._followed.discard(channel)
@@ -177,6 +187,7 @@ class PubSubSupervisor:
                 await self._subscribe(pubsub, names[start : start + _SUBSCRIBE_CHUNK], count=True)
             await self._barrier(pubsub)
             self.connected = True
+            self._up.set()
             self._sessions += 1
             log.info("Pub/Sub connected; following %d channel(s)", len(names))
             if self._listener is not None:
@@ -189,6 +200,7 @@ class PubSubSupervisor:
             raise BrokerUnavailable("Pub/Sub task ended")
         finally:
             self.connected = False  # at once: cleaning up below takes a moment
+            self._up.clear()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -233,8 +245,12 @@ class PubSubSupervisor:
         while True:
             try:
                 message = await pubsub.get_message(timeout=None)
-            except redis_errors.MovedError as exc:  # an SSUBSCRIBE sent to a node that lost the slot
-                self._moved(exc.slot_id)
+            except redis_errors.ResponseError as exc:
+                if not self._sharded:
+                    raise  # one Redis: the session starts again and subscribes everything
+                # an SSUBSCRIBE sent to a node that lost the slot (MOVED), or refused for now
+                # (CLUSTERDOWN, TRYAGAIN: whose, unknown)
+                self._refuse(exc.slot_id if isinstance(exc, redis_errors.MovedError) else None, exc)
                 continue
             self._heard = loop.time()
             if message is None:
@@ -280,13 +296,16 @@ class PubSubSupervisor:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _moved(self, slot: int) -> None:
-        """Redis refused an SSUBSCRIBE: the slot is elsewhere. Its followers fail, to be routed again."""
-        for name in [name for name in self._unconfirmed if key_slot(name.encode()) == slot]:
+    def _refuse(self, slot: int | None, error: Exception) -> None:
+        """Redis refused SSUBSCRIBEs (the slot is elsewhere, or the cluster is down): those not yet
+        confirmed (of ``slot``; None: all) fail, and go to the owner to be routed again."""
+        log.info("Redis refused to subscribe announcements here (%s); routing them again", describe(error))
+        for name in [n for n in self._unconfirmed if slot is None or key_slot(n.encode()) == slot]:
             del self._unconfirmed[name]
+            self._drop(name)
             for waiter in self._waiting.pop(name, ()):
                 if not waiter.done():
-                    waiter.set_exception(BrokerUnavailable(f"{name} moved to another shard"))
+                    waiter.set_exception(BrokerUnavailable(f"Redis refused SSUBSCRIBE {name}: {error}"))
         self._on_trouble()
 
     def _left(self, name: str) -> None:
@@ -297,7 +316,14 @@ class PubSubSupervisor:
             return
         # not asked for: Redis let the channel go, its slot moved to another shard
         log.info("Redis unsubscribed %s (its slot moved); routing it again", name)
+        self._drop(name)
         self._on_trouble()
+
+    def _drop(self, name: str) -> None:
+        channel = self._keys.channel_of_live(name)
+        if channel in self._followed:
+            self._followed.discard(channel)
+            self._refused.add(channel)
 
     async def _sender(self, pubsub: PubSub) -> None:
         while True:

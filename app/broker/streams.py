@@ -20,7 +20,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis, RedisCluster
 
 from app.broker import clients, scripts
-from app.broker.calls import UNAVAILABLE, checked, group_call
+from app.broker.calls import UNAVAILABLE, checked, group_call, passing
 from app.broker.interface import (
     BrokerListener,
     ChannelInfo,
@@ -65,6 +65,7 @@ class RedisBroker:
 
     def __init__(self, settings: Settings, made: clients.Clients | None = None) -> None:
         made = made or clients.for_settings(settings)
+        self._made = made
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         # no retry for writes: after a dropped connection the script may have run, and running
@@ -82,7 +83,7 @@ class RedisBroker:
         self._prune = self._read.register_script(scripts.PRESENCE_PRUNE)
         self._dead_maxlen = str(settings.stream_maxlen)
         self._pubsub: Announcements = (
-            ShardedPubSub(made, cast(RedisCluster, self._read), self._keys, settings)
+            ShardedPubSub(made, self._keys, settings)
             if made.sharded
             else PubSubSupervisor(made.make("sub", 1, 0, False), self._keys, settings)
         )
@@ -101,6 +102,7 @@ class RedisBroker:
         await self._pubsub.stop()
         for client in (self._pub, self._read):
             await close_client(client, self._settings.redis_timeout)
+        await self._made.close()
 
     async def ping(self) -> None:
         if not self._pubsub.connected:
@@ -110,10 +112,15 @@ class RedisBroker:
     # -- publishing -----------------------------------------------------------------------------
 
     async def publish(self, requests: Sequence[PublishRequest]) -> list[Published | Exception]:
+        if not requests:
+            return []
         replies = await self._run_publish(requests)
         retry = [] if self._script_loaded else _script_missing(requests, replies)
         if retry:  # a Redis (or a shard's new master) without the script: none of those ran
-            again = await self._run_publish([requests[i] for i in retry])
+            try:
+                again = await self._run_publish([requests[i] for i in retry])
+            except BrokerUnavailable as exc:  # only those: the others' results stand
+                again = [exc] * len(retry)
             for i, reply in zip(retry, again, strict=True):
                 replies[i] = reply
         return [_published(reply) for reply in replies]
@@ -138,7 +145,7 @@ class RedisBroker:
         self._script_loaded = not failed and not any(
             isinstance(r, redis_errors.NoScriptError) for r in replies
         )
-        if failed or any(isinstance(r, redis_errors.RedisError) and _passing(r) for r in replies):
+        if failed or any(isinstance(r, redis_errors.RedisError) and passing(r) for r in replies):
             await self._reroute()
         if len(failed) == len(groups):
             raise failed[0]
@@ -147,10 +154,8 @@ class RedisBroker:
     async def _run_on(self, node: str, requests: Sequence[PublishRequest]) -> list[Any]:
         """On one node: SCRIPT LOAD when the script may be missing, one EVALSHA per request, then
         (``RELAY_ACK_REPLICAS``) one WAIT, all in one pipeline on the node's one connection."""
-        if self._cluster is not None and not node:
-            raise BrokerUnavailable("no shard of the cluster owns the channel now (a failover?)")
-        pipe = self._pub.pipeline(transaction=False)
         target = self._target(node)
+        pipe = self._pub.pipeline(transaction=False)
         load = not self._script_loaded
         if load:
             pipe.execute_command("SCRIPT", "LOAD", scripts.PUBLISH, **target)
@@ -158,25 +163,23 @@ class RedisBroker:
             pipe.execute_command("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request))
         if self._ack_replicas:
             pipe.execute_command("WAIT", self._ack_replicas, self._wait_ms, **target)
-        replies: list[Any] = await checked(pipe.execute(raise_on_error=False), "publish")
+        # redirections (MOVED, ASK, TRYAGAIN) come back as the requests' errors, "not now": followed
+        # here, a request would run after this node's WAIT, elsewhere, and out of its channel's order
+        cluster_only = {"allow_redirections": False} if self._cluster is not None else {}
+        replies: list[Any] = await checked(
+            cast(Any, pipe).execute(raise_on_error=False, **cluster_only), "publish"
+        )
         stored = replies[int(load) : int(load) + len(requests)]
         if not self._ack_replicas:
             return stored
-        # a request that redis-py sent to another node (MOVED): this node's WAIT does not cover it
-        now = await self._nodes_of(requests) if self._cluster is not None else [node] * len(requests)
-        return [
-            self._replicated(reply, replies[-1], name == node)
-            for reply, name in zip(stored, now, strict=True)
-        ]
+        return [self._replicated(reply, replies[-1]) for reply in stored]
 
-    def _replicated(self, reply: Any, confirmed: Any, same_node: bool) -> Any:
+    def _replicated(self, reply: Any, confirmed: Any) -> Any:
         """The reply of a stored request, or why its replicas are not known to have it."""
         if isinstance(reply, Exception):
             return reply
         if isinstance(confirmed, Exception):
             return BrokerUnavailable(f"Redis did not say whether replicas have the entries: {confirmed}")
-        if not same_node:
-            return BrokerUnavailable("the channel moved to another shard during the publish; retry")
         if int(confirmed) < self._ack_replicas:
             return BrokerUnavailable(
                 f"{confirmed} of {self._ack_replicas} replica(s) confirmed the entries within"
@@ -209,15 +212,18 @@ class RedisBroker:
         for request in requests:
             try:
                 names.append(str(getattr(owner(stream(request.channel)), "name", "")))
-            except redis_errors.RedisError:  # not covered now: a shard is failing over
+            except (redis_errors.RedisError, redis_errors.RedisClusterException):  # not covered now
                 names.append("")
         return names
 
     def _target(self, node: str) -> dict[str, Any]:
-        if self._cluster is None or not node:
+        """Where a pipeline's commands without a key (SCRIPT LOAD, WAIT) go: the node written to."""
+        if self._cluster is None:
             return {}
-        found = self._cluster.get_node(node_name=node)
-        return {"target_nodes": found} if found is not None else {}
+        found = self._cluster.get_node(node_name=node) if node else None
+        if found is None:  # a WAIT sent elsewhere would count replicas of no write
+            raise BrokerUnavailable(f"no shard of the cluster owns the channel now ({node or 'unknown'})")
+        return {"target_nodes": found}
 
     def _publish_keys_and_args(self, request: PublishRequest) -> list[str | int]:
         keys = self._keys
@@ -308,13 +314,14 @@ class RedisBroker:
 
     async def presence_change(self, changes: Sequence[PresenceChange]) -> list[str | None]:
         replies = await self._run_presence(changes)
-        if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
-            # a Redis (or a shard's new master) without the script: those did not run, and a
-            # change applied twice does no harm
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_errors.NoScriptError)]
+        if missing:  # a Redis (or a shard's new master) without the script: those did not run
             await checked(self._read.script_load(scripts.PRESENCE), "presence_change")
-            replies = await self._run_presence(changes)
+            again = await self._run_presence([changes[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         for reply in replies:
-            if isinstance(reply, redis_errors.RedisError) and _passing(reply):
+            if isinstance(reply, redis_errors.RedisError) and passing(reply):
                 raise BrokerUnavailable(f"Redis cannot write now: {reply}")
         return [str(reply) if isinstance(reply, Exception) else None for reply in replies]
 
@@ -391,24 +398,6 @@ async def close_client(client: Redis, within: float) -> None:
         await asyncio.wait_for(client.aclose(), within)
 
 
-_PASSING: Final = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
-
-
-def _passing(error: redis_errors.RedisError) -> bool:
-    """An error that says "not now" (a failover, a restart), not "never": worth trying again."""
-    return str(error).startswith(_PASSING) or isinstance(error, _PASSING_TYPES)
-
-
-_PASSING_TYPES: Final = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.AskError,  # and MovedError: a slot on its way to another shard
-    redis_errors.TryAgainError,
-    redis_errors.ClusterDownError,
-    redis_errors.ReadOnlyError,
-)
-
-
 async def _outcome(run: Awaitable[list[Any]]) -> list[Any] | BrokerUnavailable:
     try:
         return await run
@@ -435,7 +424,7 @@ def _published(reply: Any) -> Published | Exception:
         return reply
     if isinstance(reply, redis_errors.NoScriptError):
         return BrokerUnavailable("the publish script was not loaded in Redis (SCRIPT FLUSH?); retry")
-    if isinstance(reply, redis_errors.RedisError) and _passing(reply):
+    if isinstance(reply, redis_errors.RedisError) and passing(reply):
         return BrokerUnavailable(f"Redis cannot store now: {reply}")
     if isinstance(reply, Exception):
         return StorageError(f"Redis refused the publish: {reply}")

@@ -157,6 +157,33 @@ async def test_groups_share_every_message_once_across_instances(
     await eventually(lambda: _no_pending(client, key), 10, "every ack stored")
 
 
+async def test_presence_joins_leaves_and_lists_across_instances_on_every_shard(
+    relay: RelayFactory, cluster: ClusterSet, prefix: str
+) -> None:
+    a, b = on_cluster(relay, cluster).start(), on_cluster(relay, cluster).start()
+    channels = list(spread(cluster, prefix, per_shard=1))
+    async with (
+        connect(f"{a.ws}/ws") as watcher,
+        connect(f"{b.ws}/ws") as present,
+        httpx.AsyncClient(timeout=timeout(5)) as http,
+    ):
+        for ws in (watcher, present):
+            assert (await recv_json(ws))["type"] == "connected"
+        for channel in channels:
+            await watcher.send(json.dumps({"type": "subscribe", "channel": channel, "presence": True}))
+            assert (await recv_json(watcher))["type"] == "subscribed"
+        for channel in channels:  # joins made on b's shards connections, heard on a's
+            await present.send(json.dumps({"type": "subscribe", "channel": channel}))
+            assert (await recv_json(present))["type"] == "subscribed"
+            join = await recv_json(watcher)
+            assert (join["type"], join["channel"]) == ("join", channel), join
+            listed = await http.get(f"{a.http}/channels/{channel}/presence")
+            assert len(listed.json()["clients"]) == 2, listed.text  # the watcher and the other
+        await present.close()
+        leaves = [await recv_json(watcher) for _ in channels]
+        assert {(frame["type"], frame["channel"]) for frame in leaves} == {("leave", c) for c in channels}
+
+
 def test_the_janitor_tidies_channels_on_every_shard(tmp_path: Path, cluster: ClusterSet, prefix: str) -> None:
     client = cluster.client()
     channels = list(spread(cluster, prefix, per_shard=1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from tests.conftest import RelayFactory
+from tests.conftest import RelayFactory, base_env
 from tests.integration.load import SteadyProducer, check_delivery, tails
 from tests.support import Instance, eventually, recv_json, timeout, wait_until
 from tests.topologies import SentinelSet
@@ -81,10 +82,22 @@ async def test_a_killed_master_loses_no_acked_message_and_consumers_carry_on(
     assert producer.refused, "the failover should have refused some publishes meanwhile"
 
 
-async def test_consumer_groups_keep_their_pending_entries_across_a_failover(
-    relay: RelayFactory, sentinels: SentinelSet, prefix: str
+async def test_consumer_groups_and_the_janitor_carry_on_across_a_failover(
+    relay: RelayFactory, sentinels: SentinelSet, prefix: str, tmp_path: Path
 ) -> None:
     a = on_sentinels(relay, sentinels, ack_replicas="1").start()
+    janitor = Instance(
+        base_env(
+            redis_sentinels=sentinels.sentinels_setting,
+            redis_sentinel_master=sentinels.master_name,
+            redis_timeout="1",
+            key_prefix=prefix,
+            janitor_interval="0.2",
+            janitor_reap_idle_ms="0",
+        ),
+        tmp_path / "janitor.log",
+        [sys.executable, "-m", "app", "worker", "janitor"],
+    ).start(ready=False)
     channel = "work"
     url = f"{a.ws}/ws/consumer/{channel}?group=g&prefetch=5"
     async with connect(url, open_timeout=timeout(10)) as member:
@@ -109,10 +122,22 @@ async def test_consumer_groups_keep_their_pending_entries_across_a_failover(
         new_master = sentinels.master_client()
         await eventually(lambda: _pending_is(new_master, key, 0), 15, "the acks to reach the new master")
 
+    # the janitor found the new master too: a consumer of a process gone goes
+    new_master.xreadgroup("g", "gone", {key: "0"}, count=1)  # made on the new master, holds nothing
+    try:
+        await eventually(lambda: _consumers_are(new_master, key, {"gone"}, False), 15, "the janitor's round")
+    finally:
+        janitor.stop()
+
 
 async def _more(producer: SteadyProducer, count: int) -> bool:
     assert producer.running, "the producer stopped"
     return len(producer.acked) >= count
+
+
+async def _consumers_are(client: redis.Redis, key: str, names: set[str], present: bool) -> bool:
+    found = {consumer["name"] for consumer in client.xinfo_consumers(key, "g")}
+    return (names <= found) == present
 
 
 async def _pending_is(client: redis.Redis, key: str, count: int) -> bool:

@@ -153,3 +153,8 @@ def test_a_cluster_is_named_by_one_node(monkeypatch: pytest.MonkeyPatch) -> None
     settings = Settings()
     assert (settings.topology, settings.ack_replicas) == ("cluster", 1)
     assert settings.redis_url_for_display() == "cluster at redis://node-1:6379/0"
+
+
+def test_replica_acks_need_a_redis_with_replicas() -> None:
+    with pytest.raises(ValidationError, match="embedded one has none"):
+        Settings(ack_replicas=1)
