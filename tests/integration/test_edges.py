@@ -221,9 +221,12 @@ async def test_stalled_half_handshakes_are_closed_within_the_timeout_while_other
     assert all(answer.startswith(b"HTTP/1.1 408 ") for n, (_, answer) in enumerate(results) if n % 2)
     assert all(answer == b"" for n, (_, answer) in enumerate(results) if not n % 2)
     assert len(round_trips) > 50
-    # the 99th percentile, and the worst: the one tick where a thousand 408s and closes are due
-    assert round_trips[len(round_trips) * 99 // 100] < timeout(0.05), round_trips[-10:]
-    assert round_trips[-1] < timeout(0.1), round_trips[-10:]
+    # the 99th percentile, and the worst: the one tick where a thousand 408s and closes are due.
+    # An instance that waited on the stalled ones would answer in seconds (the 2 s timeout); the
+    # bounds leave room for a busy machine (a CI run saw a 51 ms 99th percentile against 3.5 ms
+    # typical), and the latency itself is the benchmarks' business
+    assert round_trips[len(round_trips) * 99 // 100] < timeout(0.25), round_trips[-10:]
+    assert round_trips[-1] < timeout(0.5), round_trips[-10:]
 
 
 ROUND_TRIPS = """
