@@ -131,7 +131,7 @@ class PubSubSupervisor:
     async def adopt(self, channel: str) -> None:
         """Follow a channel that another shard's connection followed until now; returns once it
         is subscribed here, or once it is certain that the next session subscribes it (and tells
-        the listener), or once Redis refused it (in :attr:`refused`, for the owner to route again)."""
+        the listener), or once Redis refused it (see :meth:`take_refused`: the owner routes it again)."""
         self._followed.add(channel)  # a session starting now subscribes it with the others
         try:
             async with asyncio.timeout(self._timeout):

@@ -101,7 +101,9 @@ class ShardedPubSub:
                     raise
                 if not await self._refresh() or self._shard_of(channel) == shard:
                     raise
-                self._shards[shard].unfollow(channel)
+                if shard in self._shards:
+                    self._shards[shard].unfollow(channel)
+        raise BrokerUnavailable(f"the slot of {channel!r} kept moving while it was followed")
 
     def unfollow(self, channel: str) -> None:
         shard = self._owner.pop(channel, None)
