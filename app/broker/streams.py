@@ -126,17 +126,21 @@ class RedisBroker:
         return [_published(reply) for reply in replies]
 
     async def _run_publish(self, requests: Sequence[PublishRequest]) -> list[Any]:
-        """One round trip per node written to (one Redis: one round trip), all at once: a failing
-        shard fails only its own requests. Raises BrokerUnavailable when every node failed."""
+        """One round trip (on a cluster, one per shard written to, all at once: a failing shard
+        fails only its own requests). Raises BrokerUnavailable when nothing could be sent."""
+        if self._cluster is None:
+            try:
+                replies = await self._run_on("", requests)
+            except BrokerUnavailable:
+                self._script_loaded = False  # a new connection may mean a restarted Redis
+                raise
+            self._script_loaded = not any(isinstance(r, redis_errors.NoScriptError) for r in replies)
+            return replies
         groups = await self._by_node(requests)
-        if len(groups) == 1:
-            ((node, _),) = groups.items()
-            outcomes: list[Any] = [await _outcome(self._run_on(node, requests))]
-        else:
-            runs = (self._run_on(node, [requests[i] for i in held]) for node, held in groups.items())
-            with clients.self_bounded():  # at most one pipeline per node at a time: the publisher's
-                outcomes = await asyncio.gather(*(_outcome(run) for run in runs))
-        replies: list[Any] = [None] * len(requests)
+        runs = (self._run_on(node, [requests[i] for i in held]) for node, held in groups.items())
+        with clients.self_bounded():  # at most one pipeline per node at a time: the publisher's
+            outcomes = await asyncio.gather(*(_outcome(run) for run in runs))
+        replies = [None] * len(requests)
         failed = [outcome for outcome in outcomes if isinstance(outcome, BrokerUnavailable)]
         for held, outcome in zip(groups.values(), outcomes, strict=True):
             got = [outcome] * len(held) if isinstance(outcome, BrokerUnavailable) else outcome
@@ -190,14 +194,12 @@ class RedisBroker:
     async def _reroute(self) -> None:
         """A shard failed: read the slot map again, so that the next batch goes to its new master
         (redis-py's cluster pipeline does not, when it may not retry)."""
-        if self._cluster is not None:
-            with contextlib.suppress(Exception):  # no node answers: the next failure tries again
-                await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._settings.redis_timeout)
+        assert self._cluster is not None
+        with contextlib.suppress(Exception):  # no node answers: the next failure tries again
+            await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._settings.redis_timeout)
 
     async def _by_node(self, requests: Sequence[PublishRequest]) -> dict[str, list[int]]:
-        """The requests' indexes, by the name of the node their channel lives on ("" for one Redis)."""
-        if self._cluster is None:
-            return {"": list(range(len(requests)))}
+        """The requests' indexes, by the name of the node their channel lives on ("": unknown)."""
         groups: dict[str, list[int]] = {}
         for i, node in enumerate(await self._nodes_of(requests)):
             groups.setdefault(node, []).append(i)
