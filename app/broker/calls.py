@@ -29,7 +29,11 @@ UNAVAILABLE: Final = (
 )
 
 
-_PASSING: Final = frozenset({"READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY"})
+# DENIED: a Redis in protected mode refuses whoever is not on its loopback: a setting to fix there,
+# after which the same request succeeds
+_PASSING: Final = frozenset(
+    {"READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "DENIED"}
+)
 _PASSING_TYPES: Final = (
     redis_errors.ClusterError,  # "TTL exhausted": redirected too often, a slot on the move
     redis_errors.ConnectionError,
@@ -73,5 +77,14 @@ async def group_call(awaitable: Awaitable[T], operation: str) -> T:
         raise
 
 
+_DESCRIBED: Final = 200  # characters of an error's text that go into a log line or a reply
+
+
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``Type: text`` on one line: Redis explains some refusals at length (protected mode takes a
+    thousand characters), and every retry would log it all; its first sentence says what it is."""
+    text = " ".join(str(exc).split())
+    if len(text) > _DESCRIBED:
+        first = text.find(". ") + 1
+        text = text[:first] if 0 < first <= _DESCRIBED else text[: _DESCRIBED - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -5,7 +5,22 @@ from __future__ import annotations
 import pytest
 from redis import exceptions as redis_errors
 
-from app.broker.calls import passing
+from app.broker.calls import describe, passing
+
+PROTECTED = (
+    "DENIED Redis is running in protected mode because protected mode is enabled and no password is "
+    "set for the default user. In this mode connections are only accepted from the loopback interface. "
+    "If you want to connect from external computers to Redis you may adopt one of the following "
+    "solutions: 1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from "
+    "the loopback interface by connecting to Redis from the same host the server is running, however "
+    "MAKE SURE Redis is not publicly accessible from internet if you do so. Use CONFIG REWRITE to make "
+    "this change permanent. 2) Alternatively you can just disable the protected mode by editing the "
+    "Redis configuration file, and setting the protected mode option to 'no', and then restarting the "
+    "server. 3) If you started the server manually just for testing, restart it with the "
+    "'--protected-mode no' option. 4) Set up an authentication password for the default user. NOTE: "
+    "You only need to do one of the above things in order for the server to start accepting "
+    "connections from the outside."
+)
 
 
 @pytest.mark.parametrize(
@@ -21,6 +36,7 @@ from app.broker.calls import passing
         redis_errors.ClusterDownError("The cluster is down"),
         redis_errors.ClusterError("TTL exhausted."),
         redis_errors.ConnectionError("Connection closed by server."),
+        redis_errors.ResponseError(PROTECTED),
     ],
 )
 def test_a_failover_or_a_moving_slot_is_not_now(error: redis_errors.RedisError) -> None:
@@ -38,3 +54,26 @@ def test_a_failover_or_a_moving_slot_is_not_now(error: redis_errors.RedisError) 
 )
 def test_a_refusal_is_not_passing(error: redis_errors.RedisError) -> None:
     assert not passing(error)
+
+
+def test_a_long_refusal_is_described_by_its_first_sentence() -> None:
+    assert describe(redis_errors.ResponseError(PROTECTED)) == (
+        "ResponseError: DENIED Redis is running in protected mode because protected mode is enabled "
+        "and no password is set for the default user."
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "described"),
+    [
+        ("line one\nline two", "ConnectionError: line one line two"),
+        ("x" * 500, "ConnectionError: " + "x" * 199 + "…"),
+        ("", "ConnectionError"),
+        (
+            "Error 111 connecting to redis:6379. Connection refused.",
+            "ConnectionError: Error 111 connecting to redis:6379. Connection refused.",
+        ),
+    ],
+)
+def test_an_error_is_described_on_one_short_line(text: str, described: str) -> None:
+    assert describe(redis_errors.ConnectionError(text)) == described
