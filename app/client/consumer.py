@@ -162,10 +162,14 @@ class Consumer:
                     self._unacked = None  # a new connection: what was held is the relay's to redeliver
                     await self._await_subscribed(ws)
                     last_success = loop.time()
-                    async for event in self._events(ws):
-                        yield event
-                        if self._unacked is not None:  # the caller asks for the next: done with this one
-                            await self.ack(self._unacked)
+                    try:
+                        async for event in self._events(ws):
+                            yield event
+                            if self._unacked is not None:  # the caller asks for the next: done with this one
+                                await self.ack(self._unacked)
+                    except (GeneratorExit, asyncio.CancelledError):
+                        await ws.close()  # the caller is done: a normal closure (leaving the block says 1011)
+                        raise
             except (
                 InvalidStatus,
                 ConnectionClosed,

@@ -480,7 +480,11 @@ class Relay:
                 max_size=MAX_FRAME,
                 additional_headers=headers,
             ) as ws:
-                await self._session(ws)
+                try:
+                    await self._session(ws)
+                except asyncio.CancelledError:
+                    await ws.close()  # closed by the caller: a normal closure (leaving the block says 1011)
+                    raise
         except _DROPS as exc:
             reason = retry_reason(exc)
             log.warning("%s; reconnecting", reason)

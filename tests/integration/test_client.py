@@ -8,9 +8,9 @@ import signal
 import pytest
 import redis
 
-from app.client import ClientError, Consumer, Gap, Message, Producer
+from app.client import ClientError, Consumer, Gap, Message, Producer, Relay
 from tests.conftest import RelayFactory
-from tests.support import events_of, publish_all, stream_ids, timeout
+from tests.support import events_of, publish_all, stream_ids, timeout, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.processes]
 
@@ -113,3 +113,26 @@ async def test_a_group_consumer_acks_as_it_goes_even_with_prefetch_one_and_acros
     assert set(got) == set(ids)
     assert len(got) <= len(ids) + 1
     assert consumer.reconnects >= 1
+
+
+async def test_a_consumer_the_caller_is_done_with_closes_normally(relay: RelayFactory) -> None:
+    a = relay().start()
+    left, cancelled = Consumer(a.http, "done"), Consumer(a.http, "done")
+    async with events_of(left) as events:  # left: the loop is left, the generator closed
+        first = asyncio.create_task(anext(events))
+        reading = asyncio.create_task(take(cancelled, 2, []))
+        await asyncio.wait_for(asyncio.gather(left.subscribed(), cancelled.subscribed()), timeout(10))
+        await publish_all(f"{a.ws}/ws/producer/done", [1])
+        assert isinstance(await asyncio.wait_for(first, timeout(10)), Message)
+        reading.cancel()  # cancelled: its task, while it waits for a second message
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    async with Relay(a.http) as multiplexed:  # and a /ws socket closed by its caller
+        await asyncio.wait_for(multiplexed.connected(), timeout(10))
+
+    # each says so to the relay with 1000: what it logs is not an error of theirs
+    def closures() -> list[str]:
+        return [line for line in a.log_path.read_text().splitlines() if "closed by client" in line]
+
+    await asyncio.to_thread(wait_until, lambda: len(closures()) == 4, 10, "four closures (a producer's too)")
+    assert all("closed by client, code 1000," in line for line in closures()), closures()
