@@ -1,5 +1,10 @@
-# One relay instance. Build: docker build -t relay .   Run: docker compose up
-FROM python:3.11-slim
+# One relay instance. Build: docker build -t relay .   Run: docker compose up -d --build
+#
+# PYTHON_IMAGE is the base (python:3.11-slim). Wheels put in deploy/wheelhouse/ are installed from
+# there, and with PIP_NO_INDEX=1 only from there: a build that reaches no package index
+# (docs/operating.md, "Building without a registry").
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,7 +15,10 @@ WORKDIR /srv/relay
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
-RUN pip install . \
+COPY deploy/wheelhouse /tmp/wheelhouse
+ARG PIP_NO_INDEX=0
+RUN pip install --find-links /tmp/wheelhouse . \
+    && rm -rf /tmp/wheelhouse \
     && useradd --system --uid 10001 --no-create-home relay
 
 USER relay
