@@ -160,9 +160,9 @@ class Consumer:
                 ) as ws:
                     self._ws = ws
                     self._unacked = None  # a new connection: what was held is the relay's to redeliver
-                    await self._await_subscribed(ws)
-                    last_success = loop.time()
                     try:
+                        await self._await_subscribed(ws)
+                        last_success = loop.time()
                         async for event in self._events(ws):
                             yield event
                             if self._unacked is not None:  # the caller asks for the next: done with this one
