@@ -2,7 +2,12 @@
 
 A :class:`SteadyProducer` sends one message at a time over ``/ws/producer/C`` and keeps what was
 acknowledged; an ``unavailable`` reply (a failover under way) is counted and the next message goes
-on. A :class:`Tail` reads one consumer socket and fails the test if the socket closes."""
+on. A :class:`Tail` reads one consumer socket and fails the test if the socket closes.
+
+Through a balancer, where sockets break and come back elsewhere, the client library does the
+retrying: :class:`SteadyLoad` publishes with ``app.client.Producer`` (each message sent again until
+stored, once), and :func:`following` gives several ``app.client.Consumer`` that reconnect and
+resume by themselves (:class:`Followers`)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support import recv_json, timeout
+from app.client import Consumer, Message, Producer
+from tests.support import events_of, recv_json, timeout
 
 
 class SteadyProducer:
@@ -127,3 +133,133 @@ def check_delivery(tail: Tail, acked: dict[int, str]) -> None:
     missing = set(acked.values()) - set(ids)
     assert not missing, f"{len(missing)} acked message(s) never delivered, e.g. {sorted(missing)[:3]}"
     assert tail.closed is None, f"the consumer's socket closed ({tail.closed})"
+
+
+class Followers:
+    """What each of several consumers of one channel received (each reconnects and resumes by
+    itself)."""
+
+    def __init__(self, url: str, channel: str, count: int) -> None:
+        self.consumers = [Consumer(url, channel, max_backoff=0.5, keepalive=5) for _ in range(count)]
+        self.got: list[list[Message]] = [[] for _ in self.consumers]
+        self._heard = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._follow(c, g)) for c, g in zip(self.consumers, self.got, strict=True)
+        ]
+
+    async def _follow(self, consumer: Consumer, into: list[Message]) -> None:
+        try:
+            async with events_of(consumer) as events:
+                async for event in events:
+                    assert isinstance(event, Message), f"a consumer was told of a gap: {event}"
+                    into.append(event)
+                    self._heard.set()
+        finally:
+            self._heard.set()
+
+    async def have(self, acked: list[str], within: float = 60) -> None:
+        """Until each consumer got as many messages as were acked; then each has every acked
+        message, once and in order."""
+        async with asyncio.timeout(timeout(within)):
+            while any(len(received) < len(acked) for received in self.got):
+                for task in self._tasks:
+                    if task.done():
+                        task.result()  # a consumer failed: say why
+                self._heard.clear()
+                await self._heard.wait()
+        for received in self.got:
+            assert [m.id for m in received] == acked
+
+    async def cover(self, acked: list[str], within: float = 60) -> None:
+        """Until each consumer got the last acked message; then each has every acked message, once
+        and in order, and perhaps others: entries a failover took away before a replica had them
+        (acked to nobody; docs/design.md, "What a consumer may see across a failover")."""
+        async with asyncio.timeout(timeout(within)):
+            while any(not received or _key(received[-1].id) < _key(acked[-1]) for received in self.got):
+                for task in self._tasks:
+                    if task.done():
+                        task.result()  # a consumer failed: say why
+                self._heard.clear()
+                await self._heard.wait()
+        for received in self.got:
+            ids = [m.id for m in received]
+            assert len(ids) == len(set(ids)), "a message was delivered twice"
+            assert ids == sorted(ids, key=_key), "messages out of order"
+            assert not set(acked) - set(ids), "an acked message never arrived"
+
+    @property
+    def reconnects(self) -> int:
+        return sum(c.reconnects for c in self.consumers)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def following(url: str, channel: str, count: int) -> AsyncIterator[Followers]:
+    """``count`` consumers of ``channel``, each past its first ``subscribed``."""
+    followers = Followers(url, channel, count)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.subscribed() for c in followers.consumers)), timeout(30))
+        yield followers
+    finally:
+        await followers.close()
+
+
+class SteadyLoad:
+    """One message after the other through the balancer (each stored once, in order, even when
+    sent again) until stopped; ``acked``: the ids, in the order they were acknowledged."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.producer = Producer(url, channel, window=1, max_backoff=0.5, attempts=60, attempt_timeout=2)
+        self.acked: list[str] = []
+        self._stop = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SteadyLoad:
+        await self.producer.__aenter__()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        n = 0
+        try:
+            while not self._stop.is_set():
+                self.acked.append(await self.producer.publish({"n": n}))
+                self._progress.set()
+                n += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.02)  # a rate, not a wait for an event
+        finally:
+            self._progress.set()
+
+    async def until(self, more: int, within: float = 60) -> None:
+        """Until ``more`` messages beyond those acked so far are acked."""
+        assert self._task is not None
+        target = len(self.acked) + more
+        async with asyncio.timeout(timeout(within)):
+            while len(self.acked) < target:
+                if self._task.done():
+                    self._task.result()  # the producer failed: say why
+                    raise AssertionError("the producer stopped")
+                self._progress.clear()
+                await self._progress.wait()
+
+    async def stop(self) -> None:
+        """Stop publishing (the message in flight is acked first); again does nothing."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        assert self._task is not None
+        try:
+            await asyncio.wait_for(self._task, timeout(60))
+        finally:
+            await self.producer.__aexit__(None, None, None)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
