@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -160,13 +160,7 @@ class Followers:
     async def have(self, acked: list[str], within: float = 60) -> None:
         """Until each consumer got as many messages as were acked; then each has every acked
         message, once and in order."""
-        async with asyncio.timeout(timeout(within)):
-            while any(len(received) < len(acked) for received in self.got):
-                for task in self._tasks:
-                    if task.done():
-                        task.result()  # a consumer failed: say why
-                self._heard.clear()
-                await self._heard.wait()
+        await self._until(lambda received: len(received) >= len(acked), within)
         for received in self.got:
             assert [m.id for m in received] == acked
 
@@ -174,18 +168,23 @@ class Followers:
         """Until each consumer got the last acked message; then each has every acked message, once
         and in order, and perhaps others: entries a failover took away before a replica had them
         (acked to nobody; docs/design.md, "What a consumer may see across a failover")."""
-        async with asyncio.timeout(timeout(within)):
-            while any(not received or _key(received[-1].id) < _key(acked[-1]) for received in self.got):
-                for task in self._tasks:
-                    if task.done():
-                        task.result()  # a consumer failed: say why
-                self._heard.clear()
-                await self._heard.wait()
+        await self._until(
+            lambda received: bool(received) and _key(received[-1].id) >= _key(acked[-1]), within
+        )
         for received in self.got:
             ids = [m.id for m in received]
             assert len(ids) == len(set(ids)), "a message was delivered twice"
             assert ids == sorted(ids, key=_key), "messages out of order"
             assert not set(acked) - set(ids), "an acked message never arrived"
+
+    async def _until(self, done: Callable[[list[Message]], bool], within: float) -> None:
+        async with asyncio.timeout(timeout(within)):
+            while not all(done(received) for received in self.got):
+                for task in self._tasks:
+                    if task.done():
+                        task.result()  # a consumer failed: say why
+                self._heard.clear()
+                await self._heard.wait()
 
     @property
     def reconnects(self) -> int:
