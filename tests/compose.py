@@ -43,9 +43,10 @@ WHEELHOUSE = ROOT / "deploy" / "wheelhouse"
 LABEL = "relay.standin"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# The official Redis image starts redis-server with --protected-mode no, config file or not, unless
-# that file sets protected-mode itself: without it, a server with no password refuses every client
-# that is not on its own loopback (replicas and sentinels included).
+# The official Redis image runs redis-server with protected mode off, config file or not, unless
+# that file sets protected-mode itself (its build changes the default; older images did it in their
+# entrypoint, as this one does): with it on, a server with no password refuses every client that
+# is not on its own loopback, replicas and sentinels included.
 _REDIS_ENTRYPOINT = """#!/bin/sh
 set -e
 if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then set -- redis-server "$@"; fi
@@ -88,9 +89,9 @@ class StandIn:
 
     def digest(self, suite: str, mirror: str) -> str:
         """Over everything that makes the image: the recipe, how it is made (:func:`_make`), where
-        from, and the host's Python (a new patch release of Debian's python3 on the host makes the
-        stand-in again, so that the wheelhouse and the image agree)."""
-        made = source.getsource(_make) + _PATH + LABEL + _debian_python()
+        from, and for the Python one the host's Python (a new patch release of Debian's python3 on the
+        host makes it again, so that the wheelhouse and the image agree)."""
+        made = source.getsource(_make) + _PATH + LABEL + (_debian_python() if self.name == "python" else "")
         recipe = json.dumps([suite, mirror, self.packages, self.changes, self.files, self.remove, made])
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
@@ -299,8 +300,8 @@ def _build_wheels(into: Path, build_requires: Iterable[str]) -> None:
         run([*pip, "download", "--dest", str(wheels), "--only-binary=:all:", *build_requires], 300)
         for own in wheels.glob("relay-*.whl"):
             own.unlink()  # the image builds the project from its own sources
-        for old in CACHE.glob("wheelhouse-*"):
-            if old.is_dir() and old.name != into.name:
+        for old in [*CACHE.glob("wheelhouse-*"), *CACHE.glob("building-wheels-*")]:
+            if old.is_dir() and old.name != into.name and old != Path(work):
                 shutil.rmtree(old, ignore_errors=True)
         wheels.rename(into)
 
@@ -447,9 +448,11 @@ def launched(file: str, project: str, replicas: int = 3) -> Iterator[Stack]:
         yield stack
     finally:
         if os.environ.get("RELAY_TEST_KEEP_STACK") != "1":
-            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            try:  # a failure here is printed, not raised over the test's own
                 print(compose("logs", "--no-color", "--tail", "40", within=60))
-            compose.down()
+                compose.down()
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                print(f"taking {project} down failed (the next run tries again): {exc}")
             subprocess.run(["docker", "rmi", relay_image], capture_output=True, check=False)
 
 

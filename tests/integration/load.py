@@ -209,12 +209,19 @@ async def following(url: str, channel: str, count: int) -> AsyncIterator[Followe
         await followers.close()
 
 
+# a refused attempt costs the backoff only (~0.25 s): enough of them to outlast a failover of a
+# minute, where HAProxy answers 503 at once for want of a ready instance
+_ATTEMPTS = int(timeout(300))
+
+
 class SteadyLoad:
     """One message after the other through the balancer (each stored once, in order, even when
     sent again) until stopped; ``acked``: the ids, in the order they were acknowledged."""
 
     def __init__(self, url: str, channel: str) -> None:
-        self.producer = Producer(url, channel, window=1, max_backoff=0.5, attempts=60, attempt_timeout=2)
+        self.producer = Producer(
+            url, channel, window=1, max_backoff=0.5, attempts=_ATTEMPTS, attempt_timeout=2
+        )
         self.acked: list[str] = []
         self._stop = asyncio.Event()
         self._progress = asyncio.Event()
