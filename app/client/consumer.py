@@ -150,26 +150,15 @@ class Consumer:
             started = loop.time()
             reason = "the relay closed the connection"
             try:
-                async with connect(
-                    self._url(),
-                    open_timeout=10,
-                    ping_interval=None,  # pings only while waiting: self._recv
-                    close_timeout=self.keepalive / 6 if self.keepalive is not None else 10,
-                    max_size=MAX_FRAME,
-                    additional_headers=self._headers,
-                ) as ws:
+                async with connection(self._url(), self._headers, self.keepalive) as ws:
                     self._ws = ws
                     self._unacked = None  # a new connection: what was held is the relay's to redeliver
-                    try:
-                        await self._await_subscribed(ws)
-                        last_success = loop.time()
-                        async for event in self._events(ws):
-                            yield event
-                            if self._unacked is not None:  # the caller asks for the next: done with this one
-                                await self.ack(self._unacked)
-                    except (GeneratorExit, asyncio.CancelledError):
-                        await ws.close()  # the caller is done: a normal closure (leaving the block says 1011)
-                        raise
+                    await self._await_subscribed(ws)
+                    last_success = loop.time()
+                    async for event in self._events(ws):
+                        yield event
+                        if self._unacked is not None:  # the caller asks for the next: done with this one
+                            await self.ack(self._unacked)
             except (
                 InvalidStatus,
                 ConnectionClosed,
@@ -222,6 +211,28 @@ class Consumer:
                 raise ClientError(f"{frame.get('code')}: {frame.get('detail')}")
             elif kind == "error":
                 log.warning("relay: %s: %s", frame.get("code"), frame.get("detail"))
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    url: str, headers: dict[str, str], keepalive: float | None
+) -> AsyncIterator[ClientConnection]:
+    """A socket to the relay, pinged only while waiting (:func:`receive`). Closed with 1000 when
+    its user is done with it (a task cancelled, a generator closed), where leaving ``connect``'s
+    block with an exception would say 1011, an error, to the relay."""
+    async with connect(
+        url,
+        open_timeout=10,
+        ping_interval=None,
+        close_timeout=keepalive / 6 if keepalive is not None else 10,
+        max_size=MAX_FRAME,
+        additional_headers=headers,
+    ) as ws:
+        try:
+            yield ws
+        except (GeneratorExit, asyncio.CancelledError):
+            await ws.close()
+            raise
 
 
 async def receive(ws: ClientConnection, keepalive: float | None) -> str | bytes:

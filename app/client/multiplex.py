@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import (
     ConnectionClosed,
     ConnectionClosedOK,
@@ -60,7 +60,7 @@ from websockets.exceptions import (
 )
 
 from app.backoff import Backoff
-from app.client.consumer import KEEPALIVE, MAX_FRAME, Gap, Message, receive, retry_reason
+from app.client.consumer import KEEPALIVE, Gap, Message, connection, receive, retry_reason
 from app.client.errors import ClientError, Refused, Unreachable
 from app.client.urls import websocket_url
 from app.protocol import streamid
@@ -472,19 +472,8 @@ class Relay:
         reason = "the relay closed the connection"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
-            async with connect(
-                self._url,
-                open_timeout=10,
-                ping_interval=None,  # pings only while waiting: receive()
-                close_timeout=self.keepalive / 6 if self.keepalive is not None else 10,
-                max_size=MAX_FRAME,
-                additional_headers=headers,
-            ) as ws:
-                try:
-                    await self._session(ws)
-                except asyncio.CancelledError:
-                    await ws.close()  # closed by the caller: a normal closure (leaving the block says 1011)
-                    raise
+            async with connection(self._url, headers, self.keepalive) as ws:
+                await self._session(ws)
         except _DROPS as exc:
             reason = retry_reason(exc)
             log.warning("%s; reconnecting", reason)
