@@ -45,8 +45,10 @@ class Clients:
     sharded = False
     """Announcements go over sharded Pub/Sub (``SPUBLISH``/``SSUBSCRIBE``), one connection per shard."""
 
-    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
-        """A client for ``role`` with at most ``connections`` connections (per node)."""
+    def make(self, role: str, connections: int, retries: int, decode: bool, *, timed: bool = True) -> Redis:
+        """A client for ``role`` with at most ``connections`` connections (per node). Untimed
+        (``timed=False``): no socket timeout, the caller bounds every call itself (a
+        :class:`~app.broker.line.Line`); a cluster's clients are always timed."""
         raise NotImplementedError
 
     def node(self, node: ClusterNode, role: str, decode: bool) -> Redis:
@@ -74,9 +76,9 @@ def _retry(retries: int) -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries, (redis_errors.ConnectionError,))
 
 
-def _options(settings: Settings, role: str, retries: int, decode: bool) -> dict[str, Any]:
+def _options(settings: Settings, role: str, retries: int, decode: bool, timed: bool = True) -> dict[str, Any]:
     return {
-        "socket_timeout": settings.redis_timeout,
+        "socket_timeout": settings.redis_timeout if timed else None,
         "socket_connect_timeout": settings.redis_timeout,
         "decode_responses": decode,
         "client_name": f"relay:{settings.instance_name}:{role}",
@@ -92,12 +94,12 @@ class StandaloneClients(Clients):
         self._url = settings.redis_url.get_secret_value()
         self._settings = settings
 
-    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+    def make(self, role: str, connections: int, retries: int, decode: bool, *, timed: bool = True) -> Redis:
         pool = BlockingConnectionPool.from_url(
             self._url,
             max_connections=connections,
             timeout=self._settings.redis_timeout,
-            **_options(self._settings, role, retries, decode),
+            **_options(self._settings, role, retries, decode, timed),
         )
         return Redis.from_pool(pool)
 
@@ -122,16 +124,16 @@ class SentinelClients(Clients):
             "retry": Retry(NoBackoff(), 0),
         }
         # the URL's user, password and database are the master's; the sentinels are asked with none
-        self._sentinel = Sentinel(addresses, sentinel_kwargs=asking, **auth)  # type: ignore[no-untyped-call]
+        self._sentinel = Sentinel(addresses, sentinel_kwargs=asking, **auth)  # type: ignore[no-untyped-call, unused-ignore]
 
-    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+    def make(self, role: str, connections: int, retries: int, decode: bool, *, timed: bool = True) -> Redis:
         client: Redis = self._sentinel.master_for(
             self._master,
             redis_class=Redis,
             connection_pool_class=_SentinelBlockingPool,
             max_connections=connections,
             timeout=self._settings.redis_timeout,
-            **_options(self._settings, role, retries, decode),
+            **_options(self._settings, role, retries, decode, timed),
         )
         return client
 
@@ -209,8 +211,8 @@ class ClusterClients(Clients):
             raise ConfigError(f"a Redis Cluster has only database 0, got {settings.redis_url_for_display()}")
         self._settings = settings
 
-    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
-        options = _options(self._settings, role, retries, decode)
+    def make(self, role: str, connections: int, retries: int, decode: bool, *, timed: bool = True) -> Redis:
+        options = _options(self._settings, role, retries, decode)  # pipelines: always timed
         options.pop("health_check_interval")
         client = _BoundedCluster.from_url(
             self._url,
@@ -242,7 +244,7 @@ class EmbeddedClients(Clients):
 
         self._server = fakeredis.FakeServer()
 
-    def make(self, role: str, connections: int, retries: int, decode: bool) -> Redis:
+    def make(self, role: str, connections: int, retries: int, decode: bool, *, timed: bool = True) -> Redis:
         import fakeredis
 
         client: Redis = fakeredis.aioredis.FakeRedis(server=self._server, decode_responses=decode)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -205,7 +206,7 @@ class PubSubSupervisor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):  # a dead connection must not hold the session open
-                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call, unused-ignore]
 
     def _reset(self) -> None:
         self.connected = False
@@ -242,9 +243,16 @@ class PubSubSupervisor:
     async def _reader(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
         self._heard = loop.time()
+        connection = pubsub.connection
+        assert connection is not None  # the control channel is subscribed before the reader starts
         while True:
             try:
-                message = await pubsub.get_message(timeout=None)
+                # the connection's own read, as redis-py's get_message(timeout=None) makes it (no
+                # timeout: the pinger tells a dead connection from a quiet one), without the
+                # retry wrapper, timing hooks and dict get_message builds around every message
+                reply = await connection.read_response(
+                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                )
             except redis_errors.ResponseError as exc:
                 if not self._sharded:
                     raise  # one Redis: the session starts again and subscribes everything
@@ -253,19 +261,25 @@ class PubSubSupervisor:
                 self._refuse(exc.slot_id if isinstance(exc, redis_errors.MovedError) else None, exc)
                 continue
             self._heard = loop.time()
-            if message is None:
+            kind = reply[0] if isinstance(reply, list) else None  # RESP3: a push, a list
+            if kind == b"message" or kind == b"smessage":  # nearly everything: handled here
+                self._dispatch(reply[1], reply[2])
                 continue
-            kind = message["type"]
-            if kind == "message" or kind == "smessage":
-                self._dispatch(message["channel"], message["data"])
-            elif kind == "subscribe" or kind == "ssubscribe":
-                self._confirm(message["channel"])
-            elif kind == "sunsubscribe":
-                self._left(message["channel"].decode())
-            elif kind == "pong":
-                pong = self._pongs.pop(message["data"], None)
-                if pong is not None and not pong.done():
-                    pong.set_result(None)
+            # the rest through redis-py, which keeps its account of the subscriptions
+            message = await pubsub.handle_message(reply)
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "subscribe" or kind == "ssubscribe":
+            self._confirm(message["channel"])
+        elif kind == "sunsubscribe":
+            self._left(message["channel"].decode())
+        elif kind == "pong":
+            pong = self._pongs.pop(message["data"], None)
+            if pong is not None and not pong.done():
+                pong.set_result(None)
 
     def _dispatch(self, name: bytes, payload: bytes) -> None:
         listener = self._listener

@@ -2,7 +2,8 @@
 
 Connections per instance, whatever the number of channels and consumers:
 
-- ``pub``: one connection; every publish of the instance goes through it, batched in pipelines;
+- ``pub``: one connection; every publish of the instance goes through it, a batch per round trip
+  (a :class:`~app.broker.line.Line`; on a cluster, a pipeline per shard);
 - ``read``: up to three; stream reads (catch-up, hole filling, history), listings, groups, pings;
 - ``sub``: one Pub/Sub connection, owned by a supervisor (:mod:`app.broker.pubsub`).
 
@@ -33,6 +34,7 @@ from app.broker.interface import (
     PublishRequest,
 )
 from app.broker.keys import Keys
+from app.broker.line import Line
 from app.broker.pubsub import Announcements, PubSubSupervisor
 from app.broker.shards import ShardedPubSub
 from app.errors import BrokerUnavailable, StorageError
@@ -70,7 +72,8 @@ class RedisBroker:
         self._keys = Keys(settings.key_prefix)
         # no retry for writes: after a dropped connection the script may have run, and running
         # it again would store the messages twice
-        self._pub = made.make("pub", 1, 0, True)
+        self._pub = made.make("pub", 1, 0, True, timed=made.sharded)
+        self._line = None if made.sharded else Line(self._pub, settings.redis_timeout)
         self._read = made.make("read", _READ_CONNECTIONS, 1, True)
         self._cluster = cast(RedisCluster, self._pub) if made.sharded else None
         self._ack_replicas = settings.ack_replicas
@@ -100,6 +103,8 @@ class RedisBroker:
     async def close(self) -> None:
         """Stop and disconnect, within a bounded time even when Redis does not answer."""
         await self._pubsub.stop()
+        if self._line is not None:
+            await self._line.close()
         for client in (self._pub, self._read):
             await close_client(client, self._settings.redis_timeout)
         await self._made.close()
@@ -157,26 +162,35 @@ class RedisBroker:
 
     async def _run_on(self, node: str, requests: Sequence[PublishRequest]) -> list[Any]:
         """On one node: SCRIPT LOAD when the script may be missing, one EVALSHA per request, then
-        (``RELAY_ACK_REPLICAS``) one WAIT, all in one pipeline on the node's one connection."""
-        target = self._target(node)
-        pipe = self._pub.pipeline(transaction=False)
+        (``RELAY_ACK_REPLICAS``) one WAIT, all in one round trip on the node's one connection."""
+        commands: list[tuple[Any, ...]] = []
         load = not self._script_loaded
         if load:
-            pipe.execute_command("SCRIPT", "LOAD", scripts.PUBLISH, **target)
+            commands.append(("SCRIPT", "LOAD", scripts.PUBLISH))
         for request in requests:
-            pipe.execute_command("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request))
+            commands.append(("EVALSHA", scripts.PUBLISH_SHA, *self._publish_keys_and_args(request)))
         if self._ack_replicas:
-            pipe.execute_command("WAIT", self._ack_replicas, self._wait_ms, **target)
-        # redirections (MOVED, ASK, TRYAGAIN) come back as the requests' errors, "not now": followed
-        # here, a request would run after this node's WAIT, elsewhere, and out of its channel's order
-        cluster_only = {"allow_redirections": False} if self._cluster is not None else {}
-        replies: list[Any] = await checked(
-            cast(Any, pipe).execute(raise_on_error=False, **cluster_only), "publish"
-        )
+            commands.append(("WAIT", self._ack_replicas, self._wait_ms))
+        if self._line is not None:
+            replies = await checked(self._line.round_trip(commands), "publish")
+        else:
+            replies = await checked(self._pipelined(node, commands), "publish")
         stored = replies[int(load) : int(load) + len(requests)]
         if not self._ack_replicas:
             return stored
         return [self._replicated(reply, replies[-1]) for reply in stored]
+
+    async def _pipelined(self, node: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """A cluster node's round trip: its commands without a key go to ``node``. Redirections
+        (MOVED, ASK, TRYAGAIN) come back as the requests' errors, "not now": followed here, a
+        request would run after this node's WAIT, elsewhere, and out of its channel's order."""
+        target = self._target(node)
+        pipe = self._pub.pipeline(transaction=False)
+        for command in commands:
+            keyless = command[0] in ("SCRIPT", "WAIT")
+            pipe.execute_command(*command, **(target if keyless else {}))
+        replies: list[Any] = await cast(Any, pipe).execute(raise_on_error=False, allow_redirections=False)
+        return replies
 
     def _replicated(self, reply: Any, confirmed: Any) -> Any:
         """The reply of a stored request, or why its replicas are not known to have it."""
