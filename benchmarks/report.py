@@ -1,5 +1,5 @@
 """The results: one row per (target, scenario), the relay ÷ baseline ratios, the ratios of rows of one
-target that compare two ways of doing the same thing (M1), and the JSON document."""
+target that compare two ways of doing the same thing (M1, M2, E1), and the JSON document."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ class Row:
     loss: int | None = None
     loss_pct: float | None = None
     cpu_us: float | None = None  # server CPU per delivery (S3: per acked message)
-    rss_kb_per_conn: float | None = None
+    rss_kb_per_conn: float | None = None  # M1, M2, E1: per subscription
+    rss_kb_per_socket: float | None = None  # M1, M2, E1: per client connection (its subscriptions and all)
     redis_conns: int | None = None  # Redis connections added while the clients were connected
     loadgen_cpu_pct: float | None = None  # the busiest loadgen worker, % of one core
     notes: list[str] = field(default_factory=list)
-    versus: str | None = None  # another scenario row of this target this one is divided by (M1)
+    versus: str | None = None  # another scenario row of this target this one is divided by (M1, M2, E1)
 
 
 @dataclass
@@ -56,9 +57,20 @@ _COLUMNS = (
     ("loss", "loss"),
     ("srv CPU µs/deliv", "cpu_us"),
     ("RSS KB/conn", "rss_kb_per_conn"),
+    ("RSS KB/sock", "rss_kb_per_socket"),
     ("Redis conns", "redis_conns"),
     ("loadgen CPU%", "loadgen_cpu_pct"),
 )
+_OPTIONAL = frozenset({"rss_kb_per_socket"})  # a column only when some row has a figure for it
+
+
+def _shown(columns: tuple[tuple[str, str], ...], rows: list[Row]) -> tuple[tuple[str, str], ...]:
+    """``columns`` without the optional ones no row has a figure for."""
+    return tuple(
+        (title, attr)
+        for title, attr in columns
+        if attr not in _OPTIONAL or any(getattr(row, attr) is not None for row in rows)
+    )
 
 
 def _cell(row: Row, attribute: str) -> str:
@@ -103,19 +115,20 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 def render(results: list[ScenarioResult]) -> str:
     rows = [r.row for r in results]
-    header = [title for title, _ in _COLUMNS] + ["notes"]
-    lines = [[_cell(row, attr) for _, attr in _COLUMNS] + [_notes(row)] for row in rows]
+    columns, figures = _shown(_COLUMNS, rows), _shown(_RATIOS, rows)
+    header = [title for title, _ in columns] + ["notes"]
+    lines = [[_cell(row, attr) for _, attr in columns] + [_notes(row)] for row in rows]
     parts = [_table(header, lines)]
     ratios = ratio_lines(rows)
     if ratios:
         parts.append("\nrelay ÷ baseline (same run; < 1 means the relay uses less / is lower):")
-        parts.append(_table(["scenario", "baseline", *(t for t, _ in _RATIOS), "note"], ratios))
+        parts.append(_table(["scenario", "baseline", *(t for t, _ in figures), "note"], ratios))
     versus = versus_lines(rows)
     if versus:
         parts.append(
             "\nwithin a target (same run, same instances; < 1 means the first uses less / is lower):"
         )
-        parts.append(_table(["target", "scenario", "÷ scenario", *(t for t, _ in _RATIOS)], versus))
+        parts.append(_table(["target", "scenario", "÷ scenario", *(t for t, _ in figures)], versus))
     parts.extend(_footnotes(rows))
     return "\n".join(parts)
 
@@ -151,6 +164,7 @@ _RATIOS = (
     ("p99", "p99_ms"),
     ("srv CPU µs/deliv", "cpu_us"),
     ("RSS KB/conn", "rss_kb_per_conn"),
+    ("RSS KB/sock", "rss_kb_per_socket"),
     ("Redis conns", "redis_conns"),
 )
 
@@ -175,10 +189,11 @@ def _ratio(mine: float | None, theirs: float | None) -> float | None:
 
 
 def ratio_lines(rows: list[Row]) -> list[list[str]]:
+    figures = _shown(_RATIOS, rows)
     lines = []
     for entry in ratios(rows):
         cells = [entry["scenario"], entry["baseline"]]
-        cells += ["n/a" if entry[a] is None else f"{entry[a]:.2f}x" for _, a in _RATIOS]
+        cells += ["n/a" if entry[a] is None else f"{entry[a]:.2f}x" for _, a in figures]
         cells.append("queue semantics: not like for like" if entry["baseline"].startswith("queue") else "")
         lines.append(cells)
     return lines
@@ -198,9 +213,10 @@ def versus_ratios(rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def versus_lines(rows: list[Row]) -> list[list[str]]:
+    figures = _shown(_RATIOS, rows)
     return [
         [entry["target"], entry["scenario"], entry["versus"]]
-        + ["n/a" if entry[a] is None else f"{entry[a]:.2f}x" for _, a in _RATIOS]
+        + ["n/a" if entry[a] is None else f"{entry[a]:.2f}x" for _, a in figures]
         for entry in versus_ratios(rows)
     ]
 

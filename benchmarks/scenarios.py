@@ -6,6 +6,7 @@
 ``S3``                    ingest: producers keeping a window of messages unacknowledged
 ``S4``                    idle consumers on the first instance: memory and Redis connections
 ``M1``                    one ``/ws`` socket following many channels, against a socket per channel
+``M2``                    M1 wide: 1,000 ``/ws`` sockets following 10 of 1,000 channels, 1 msg/s each
 ``E1``                    Server-Sent Events streams against ``/ws/consumer`` sockets, loaded alike
 ``many-channels``         one consumer and one producer per channel, one message per channel a second
 ``resume-storm``          consumers resuming a long backlog at once while live consumers are watched
@@ -18,6 +19,8 @@ replaced (``with_sizes``: ``--param NAME=VALUE``).
 from __future__ import annotations
 
 import asyncio
+import math
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -35,7 +38,7 @@ from benchmarks.report import Row, ScenarioResult
 from benchmarks.servers import Target
 from benchmarks.trial import Load, Log, Outcome
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "M1", "E1", "many-channels", "resume-storm")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "M1", "M2", "E1", "many-channels", "resume-storm")
 DEFAULT: Final = tuple(s for s in SCENARIOS if s != "S2")  # S2 is long: only when named (or "all")
 
 
@@ -59,6 +62,11 @@ class Params:
     mux_channels: int = 50
     mux_rate: float = 500.0  # messages per second, over all the channels
     mux_s: float = 8.0
+    m2_sockets: int = 1000  # M2: M1's comparison with many channels, a few subscriptions each, slow ones
+    m2_per_socket: int = 10
+    m2_channels: int = 1000
+    m2_channel_rate: float = 1.0  # messages per second per channel (M1's mux_rate is over all of them)
+    m2_s: float = 10.0
     sse_streams: int = 500  # E1: connections in each mode (SSE streams, then /ws/consumer sockets)
     sse_channels: int = 5  # channels of each mode, the connections spread evenly over them
     sse_rate: float = 300.0  # messages per second, over all the channels of a mode
@@ -92,6 +100,9 @@ QUICK: Final = Params(
     mux_channels=10,
     mux_rate=100.0,
     mux_s=2.0,
+    m2_sockets=50,
+    m2_channels=50,
+    m2_s=3.0,
     sse_streams=40,
     sse_channels=2,
     sse_rate=100.0,
@@ -147,7 +158,7 @@ Scenario = Callable[[Target, Context], Awaitable[ScenarioResult | list[ScenarioR
 
 
 async def run(name: str, target: Target, ctx: Context) -> list[ScenarioResult]:
-    """The scenario's rows: one, or one per mode it compares (M1)."""
+    """The scenario's rows: one, or one per mode it compares (M1, M2, E1)."""
     scenario: Scenario = _BY_NAME[name]
     ctx.log(f"{target.name} {name}: start")
     try:
@@ -404,14 +415,58 @@ async def idle(target: Target, ctx: Context) -> ScenarioResult:
     return ScenarioResult(row, _details(outcome, connect_wall_s=seconds), outcome.workers)
 
 
-# -- M1: one /ws socket, many channels ----------------------------------------------------------------
+# -- M1, M2: one /ws socket, many channels ------------------------------------------------------------
 
-M1_MUX: Final = "M1 /ws"
-M1_SINGLE: Final = "M1 /ws/consumer"
+
+@dataclass(frozen=True)
+class _Mux:
+    """A multiplexed comparison's shape: ``sockets`` ``/ws`` sockets following ``per_socket`` channels
+    each, over ``channels`` (each followed ``sockets * per_socket / channels`` times), and the same
+    subscriptions as a ``/ws/consumer/{C}`` socket each; ``rate`` messages per second over all channels."""
+
+    name: str  # "M1", "M2": the rows' scenario and the channels' names start with it
+    sockets: int
+    per_socket: int
+    channels: int
+    rate: float
+    seconds: float
+
+    @property
+    def mux(self) -> str:
+        return f"{self.name} /ws"
+
+    @property
+    def single(self) -> str:
+        return f"{self.name} /ws/consumer"
+
+
+def _m1(p: Params) -> _Mux:
+    return _Mux("M1", p.mux_sockets, p.mux_per_socket, p.mux_channels, p.mux_rate, p.mux_s)
+
+
+def _m2(p: Params) -> _Mux:
+    rate = p.m2_channel_rate * p.m2_channels
+    return _Mux("M2", p.m2_sockets, p.m2_per_socket, p.m2_channels, rate, p.m2_s)
 
 
 async def multiplexed(target: Target, ctx: Context) -> list[ScenarioResult]:
-    """The same subscriptions as ``mux_sockets`` ``/ws`` sockets and as a socket each, loaded alike.
+    """M1: ``mux_sockets`` ``/ws`` sockets, ``mux_per_socket`` channels each, against a socket each."""
+    return await _two_ways(target, ctx, _m1(ctx.params))
+
+
+async def multiplexed_wide(target: Target, ctx: Context) -> list[ScenarioResult]:
+    """M2: M1 over 1,000 channels, 10 subscriptions each, at 1 msg/s each.
+
+    At full size the two sets and their producers are 13,000 client connections at once (10,000
+    ``/ws/consumer`` and 1,000 ``/ws`` sockets, 2,000 producers). A set's RSS is read before its GO,
+    so its RSS per socket is that of an idle ``/ws`` connection holding ``m2_per_socket``
+    subscriptions, beside an idle ``/ws/consumer`` socket's.
+    """
+    return await _two_ways(target, ctx, _m2(ctx.params))
+
+
+async def _two_ways(target: Target, ctx: Context, shape: _Mux) -> list[ScenarioResult]:
+    """The same subscriptions as ``shape.sockets`` ``/ws`` sockets and as a socket each, loaded alike.
 
     Both sets are held connected at once, each on channels of its own: the second one's RSS growth
     is then its own, not memory the first one freed being used again. Then each set in turn is
@@ -419,24 +474,42 @@ async def multiplexed(target: Target, ctx: Context) -> list[ScenarioResult]:
     with the other set idle, the second 2 s after the first one's connections were closed.
     """
     if not target.relay_frames:
-        return [ScenarioResult(Row(target.name, "M1", status="n/a: no /ws"))]
-    p = ctx.params
-    if not 1 <= p.mux_per_socket <= p.mux_channels:
-        raise SetupFailed(f"expected 1 <= mux_per_socket <= mux_channels, got {p.mux_per_socket}")
+        return [ScenarioResult(Row(target.name, shape.name, status="n/a: no /ws"))]
+    if not 1 <= shape.per_socket <= shape.channels:
+        raise SetupFailed(
+            f"{shape.name}: expected 1 <= channels per socket <= channels ({shape.channels}),"
+            f" got {shape.per_socket}"
+        )
     # a socket each first: memory earlier scenarios freed is used again by the first set, so its
     # growth is the one that may be under-counted (never the /ws one's ratio flattered)
-    single, mux = await _in_turn(
-        ctx, target, [_m1_load(target, ctx, mux=False), _m1_load(target, ctx, mux=True)]
-    )
-    sockets = p.mux_sockets * p.mux_per_socket
+    loads = [_mux_load(target, ctx, shape, mux=False), _mux_load(target, ctx, shape, mux=True)]
+    single, mux = await _in_turn(ctx, target, loads)
     return [
-        _subscriptions_result(target, M1_MUX, mux, p.mux_sockets, versus=M1_SINGLE),
-        _subscriptions_result(target, M1_SINGLE, single, sockets, versus=None),
+        _subscriptions_result(target, shape.mux, mux, shape.per_socket, versus=shape.single),
+        _subscriptions_result(target, shape.single, single, 1, versus=None),
     ]
+
+
+def _sockets(load: Load) -> int:
+    """The client connections of ``load``: its consumers' sockets (or streams) and its producers."""
+    return sum(len(g.consumers) // (g.multiplex or 1) for g in load.groups) + len(load.producers)
+
+
+def _check_file_limit(loads: list[Load], workers: int, spare: int = 64) -> None:
+    """Fail now, not with thousands of failed connections, when a load generator would run out of
+    file descriptors (each load has ``workers`` processes of its own; they inherit this limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    busiest = max(-(-_sockets(load) // workers) for load in loads)  # connections are dealt out evenly
+    if busiest + spare > soft:
+        raise SetupFailed(
+            f"a load generator would hold {busiest:,} connections, over its file limit of {soft:,}"
+            " (ulimit -n): raise it, or use more --workers"
+        )
 
 
 async def _in_turn(ctx: Context, target: Target, loads: list[Load]) -> list[Outcome]:
     """Every load's set connected, one after the other, and held; then each in turn loaded and closed."""
+    _check_file_limit(loads, ctx.workers)
     longer_s = sum(trial.bound_s(load) for load in loads)
     trials: list[trial.Trial] = []
     outcomes: list[Outcome] = []
@@ -456,39 +529,48 @@ async def _in_turn(ctx: Context, target: Target, loads: list[Load]) -> list[Outc
     return outcomes
 
 
-def _m1_load(target: Target, ctx: Context, mux: bool) -> Load:
-    """``mux_sockets`` times ``mux_per_socket`` subscriptions over ``mux_channels``, evenly, a producer each."""
-    p = ctx.params
+def _mux_load(target: Target, ctx: Context, shape: _Mux, mux: bool) -> Load:
+    """``shape.sockets`` times ``shape.per_socket`` subscriptions over ``shape.channels``, evenly, a producer each."""
     urls = target.urls
-    channels = [ctx.channel(target, f"m1-{'mux' if mux else 'single'}-{i}") for i in range(p.mux_channels)]
+    prefix = f"{shape.name.lower()}-{'mux' if mux else 'single'}"
+    channels = [ctx.channel(target, f"{prefix}-{i}") for i in range(shape.channels)]
+    period = len(channels) // math.gcd(len(channels), shape.per_socket)  # socket i + period: i's channels
     subscriptions = []
-    for socket in range(p.mux_sockets):  # a socket's channels are consecutive, so all different
-        url = urls[socket % len(urls)]  # the same instance in both modes: the same load per instance
-        for index in range(p.mux_per_socket):
-            channel = channels[(socket * p.mux_per_socket + index) % len(channels)]
+    for socket in range(shape.sockets):  # a socket's channels are consecutive, so all different
+        # the same instance in both modes (the same load per instance); the sockets of the same channels
+        # dealt out over the instances, as a balancer would (M1, period 5: socket i on i mod 2 as before)
+        url = urls[(socket % period + socket // period) % len(urls)]
+        for index in range(shape.per_socket):
+            channel = channels[(socket * shape.per_socket + index) % len(channels)]
             subscriptions.append((f"{url}/ws" if mux else f"{url}/ws/consumer/{channel}", channel))
-    rate = p.mux_rate / len(channels)
+    rate = shape.rate / len(channels)
     producers = [
-        _producer(urls[i % len(urls)], ch, rate=rate, duration_s=p.mux_s, phase_s=(i / len(channels)) / rate)
+        _producer(
+            urls[i % len(urls)], ch, rate=rate, duration_s=shape.seconds, phase_s=(i / len(channels)) / rate
+        )
         for i, ch in enumerate(channels)
     ]
     return Load(
-        label=f"{target.name} {M1_MUX if mux else M1_SINGLE}",
-        groups=[GroupPlan("consumers", subscriptions, multiplex=p.mux_per_socket if mux else 0)],
+        label=f"{target.name} {shape.mux if mux else shape.single}",
+        groups=[GroupPlan("consumers", subscriptions, multiplex=shape.per_socket if mux else 0)],
         producers=producers,
-        max_s=p.mux_s + 1.0 / rate + 5.0,
-        drain_s=p.fanout_drain_s,
+        max_s=shape.seconds + 1.0 / rate + 5.0,
+        drain_s=ctx.params.fanout_drain_s,
         producers_first=True,  # RSS growth is then the subscriptions' alone
     )
 
 
 def _subscriptions_result(
-    target: Target, scenario: str, outcome: Outcome, sockets: int, versus: str | None
+    target: Target, scenario: str, outcome: Outcome, per_socket: int, versus: str | None
 ) -> ScenarioResult:
+    """A comparison's row: RSS growth per subscription (``rss_kb_per_conn``) and per client connection."""
     group = outcome.groups["consumers"]
     subscriptions = group.counts["connected"]
+    # as planned; connected: a /ws socket's subscriptions are up together or not at all
+    sockets = group.counts["consumers"] // per_socket
     row = _fanout_row(target, scenario, outcome, group)
-    row.rss_kb_per_conn = _per(outcome.server_rss_kb, subscriptions)  # per subscription
+    row.rss_kb_per_conn = _per(outcome.server_rss_kb, subscriptions)
+    row.rss_kb_per_socket = _per(outcome.server_rss_kb, subscriptions // per_socket)
     row.versus = versus
     row.notes.insert(
         0, f"{sockets:,} sockets, {subscriptions:,} subscriptions, {outcome.messages:,} messages"
@@ -518,8 +600,8 @@ async def event_streams(target: Target, ctx: Context) -> list[ScenarioResult]:
     loads = [_e1_load(target, ctx, sse=False), _e1_load(target, ctx, sse=True)]
     websocket, sse = await _in_turn(ctx, target, loads)
     return [
-        _subscriptions_result(target, E1_SSE, sse, p.sse_streams, versus=E1_WS),
-        _subscriptions_result(target, E1_WS, websocket, p.sse_streams, versus=None),
+        _subscriptions_result(target, E1_SSE, sse, 1, versus=E1_WS),
+        _subscriptions_result(target, E1_WS, websocket, 1, versus=None),
     ]
 
 
@@ -696,6 +778,7 @@ _BY_NAME: Final[dict[str, Scenario]] = {
     "S3": ingest,
     "S4": idle,
     "M1": multiplexed,
+    "M2": multiplexed_wide,
     "E1": event_streams,
     "many-channels": many_channels,
     "resume-storm": resume_storm,

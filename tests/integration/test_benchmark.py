@@ -1,7 +1,7 @@
 """The benchmark harness (``benchmarks/``) end to end, in its quick form: two relay instances it
-starts itself, both baselines, S1, S3 and resume-storm; then M1 (one ``/ws`` socket for many
-channels against a socket each) on the relay alone. The harness works under a key prefix of its
-own run (``bench-<run id>``) and removes those keys when it is done."""
+starts itself, both baselines, S1, S3 and resume-storm; then M1 and M2 (one ``/ws`` socket for many
+channels against a socket each) and E1 on the relay alone. The harness works under a key prefix of
+its own run (``bench-<run id>``) and removes those keys when it is done."""
 
 from __future__ import annotations
 
@@ -124,6 +124,47 @@ def test_m1_compares_one_socket_for_many_channels_with_a_socket_each(
     assert (ratio["scenario"], ratio["versus"]) == ("M1 /ws", "M1 /ws/consumer")
     assert ratio["cpu_us"] > 0
     assert "M1 /ws/consumer" in result.stdout
+
+    leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
+    assert leftovers == []
+
+
+@pytest.mark.timeout(90)
+def test_m2_measures_idle_memory_per_socket_and_delivery_over_many_slow_channels(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    json_path = tmp_path / "m2.json"
+    result = run_benchmark(redis_url, json_path, "--no-baselines", "--param", "m2_s=2", "M2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    document = json.loads(json_path.read_text())
+    params = document["config"]["params"]
+    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
+    assert set(found) == {"M2 /ws", "M2 /ws/consumer"}
+    per_socket = params["m2_per_socket"]
+    subscriptions = params["m2_sockets"] * per_socket
+    messages = int(params["m2_channels"] * params["m2_channel_rate"] * params["m2_s"])
+    assert messages == 100  # --param applied: 1 message per second per channel
+    for scenario, sockets in (("M2 /ws", params["m2_sockets"]), ("M2 /ws/consumer", subscriptions)):
+        row, details = found[scenario]["row"], found[scenario]["details"]
+        consumers = details["groups"]["consumers"]
+        assert row["status"] == "ok", row
+        assert row["loss"] == 0
+        assert (details["sockets"], details["subscriptions"]) == (sockets, subscriptions)
+        assert details["messages_stored"] == messages
+        # every message reached every subscription of its channel, once, in order
+        assert (
+            consumers["unique"] == consumers["expected"] == messages * subscriptions // params["m2_channels"]
+        )
+        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
+        assert row["cpu_us"] > 0
+        # the idle memory of a socket, its subscriptions and all (at this size mostly allocator noise)
+        kb_per_socket = row["rss_kb_per_conn"] * subscriptions / sockets
+        assert row["rss_kb_per_socket"] == pytest.approx(kb_per_socket)
+    (ratio,) = document["versus_ratios"]
+    assert (ratio["scenario"], ratio["versus"]) == ("M2 /ws", "M2 /ws/consumer")
+    assert ratio["cpu_us"] > 0
+    assert "RSS KB/sock" in result.stdout
+    assert "M2 /ws/consumer" in result.stdout
 
     leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
     assert leftovers == []
