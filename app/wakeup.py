@@ -1,4 +1,4 @@
-"""A wake-up flag one task waits on and others set: cheaper than ``asyncio.Event`` per message."""
+"""Wake-ups lighter than ``asyncio.Event``: a flag one task waits on and others set, and a gate."""
 
 from __future__ import annotations
 
@@ -27,3 +27,44 @@ class Wakeup:
             finally:
                 self._waiter = None
         self._flag = False
+
+
+class Gate:
+    """What uvicorn's WebSocket protocol uses of ``asyncio.Event`` (``set``, ``clear``, ``is_set``,
+    ``wait``, for any number of waiters), without its deque: 0.7 KB less per connection. Starts set.
+
+    As with ``asyncio.Event``, a ``wait`` woken by ``set`` returns even if ``clear`` came after."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] | None = None  # made by the first wait on a closed gate
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        if self._waiters is not None:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> bool:
+        if self._open:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+            if not self._waiters:
+                self._waiters = None

@@ -143,21 +143,17 @@ class WireProtocol(WebSocketProtocol):
     gone, the transport paused or closing.
     """
 
-    _handshake_complete = False
-    _close_sent = False
-    _disconnected = False
-    _paused = False
-    _wire: Wire | None = None
+    __slots__ = ("_close_sent", "_disconnected", "_handshake_complete", "_paused", "_wire")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # before upstream's __init__, whose first assignments of the tracked attributes update the wire
+        self._handshake_complete = False
+        self._close_sent = False
+        self._disconnected = False
+        self._paused = False
+        self._wire: Wire | None = None
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept" and self._handshake_complete:
-            # the handshake's request and response objects are kept for nothing after it: 2.5 KB
-            del self.request, self.response
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

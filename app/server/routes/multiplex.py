@@ -80,10 +80,12 @@ async def serve(websocket: WebSocket, channel: str) -> None:
 
 class _Channel:
     """One subscription of the connection: pending until the hub has it (``sub``), live once its
-    ``subscribed`` reply went out."""
+    ``subscribed`` reply went out. Calling it is its subscription's wake-up (it asks the writer
+    for a turn): no closure or bound method per subscription."""
 
     __slots__ = (
         "backoff",
+        "connection",
         "idle",
         "live",
         "name",
@@ -91,11 +93,11 @@ class _Channel:
         "presence",
         "queued",
         "sub",
-        "wake",
         "watcher",
     )
 
-    def __init__(self, name: str, presence: bool) -> None:
+    def __init__(self, connection: MultiplexConnection, name: str, presence: bool) -> None:
+        self.connection = connection
         self.name = name
         self.presence = presence  # send the others' joins and leaves
         self.sub: Subscription | None = None
@@ -104,12 +106,11 @@ class _Channel:
         self.queued = False  # in the writer's turn list
         self.idle = False  # in the list of those to park
         self.backoff: Backoff | None = None  # made when a catch-up read of it first fails
-        self.wake: Callable[[], None] = _nothing
         self.watcher: Callable[[str, str], None] | None = None
 
-
-def _nothing() -> None:
-    return
+    def __call__(self) -> None:
+        """The subscription has something to send: give it a turn."""
+        self.connection._enqueue(self)
 
 
 class MultiplexConnection(PublishingConnection):
@@ -120,7 +121,6 @@ class MultiplexConnection(PublishingConnection):
         "_channels",
         "_entry",
         "_grant",
-        "_handlers",
         "_idle",
         "_max_frame",
         "_max_subscriptions",
@@ -138,20 +138,13 @@ class MultiplexConnection(PublishingConnection):
         self._grant = grant
         self._entry = entry_of(self.client, grant.user, grant.info)
         self._channels: dict[str, _Channel] = {}
-        self._ready: deque[_Channel] = deque()  # subscriptions with something to send, in turn
+        # made when first needed, and let go once empty again: thousands of sockets sit idle
+        self._ready: deque[_Channel] | None = None  # subscriptions with something to send, in turn
         self._idle: list[_Channel] = []  # found with nothing to send: to park when the writer idles
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] | None = None
         self._max_frame = settings.max_message_bytes + ENVELOPE
         self._max_subscriptions = settings.max_subscriptions
         self._buffer = max(_MIN_SUB_BUFFER, settings.consumer_buffer // _SUB_BUFFER_SHARE)
-        self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
-            "subscribe": self._subscribe,
-            "unsubscribe": self._unsubscribe,
-            "publish": self._publish,
-            "presence": self._presence,
-            "refresh": self._refresh,
-            "ping": self._ping,
-        }
 
     # -- reading: one reply per frame (when to read: app.server.publishing) ----------------------
 
@@ -176,7 +169,7 @@ class MultiplexConnection(PublishingConnection):
             return
         ref = _ref_of(frame.get("ref"))
         kind = frame.get("type")
-        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
         if ref is None or handler is None:
             named = frame.get("channel")
             named = named[:140] if isinstance(named, str) else None  # said back, escaped
@@ -187,7 +180,7 @@ class MultiplexConnection(PublishingConnection):
                 detail = f"unknown type {str(kind)[:40]!r}: expected {FRAME_TYPES}"
                 self.refuse(ErrorCode.INVALID_FRAME, detail, named, ref)
         else:
-            handler(frame, ref)
+            handler(self, frame, ref)
 
     def _channel_of(self, frame: dict[str, Any], ref: str, action: str | None = None) -> str | None:
         """The frame's channel, checked, and allowed by the token for ``action`` (``subscribe``,
@@ -231,13 +224,12 @@ class MultiplexConnection(PublishingConnection):
             detail = f"{self._max_subscriptions} subscriptions on this connection (RELAY_MAX_SUBSCRIPTIONS)"
             self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, detail, name, ref)
             return
-        state = self._channels[name] = _Channel(name, presence)
-        state.wake = lambda: self._enqueue(state)
+        state = self._channels[name] = _Channel(self, name, presence)
         following = self._track(self._follow(state, position))
         self.reply_later(following, lambda done: self._subscribed(state, done, ref))
 
     async def _follow(self, state: _Channel, position: Position) -> None:
-        sub = await self._relay.hub.subscribe(state.name, position, state.wake, limit=self._buffer)
+        sub = await self._relay.hub.subscribe(state.name, position, state, limit=self._buffer)
         state.position = streamid.format_id(sub.last) if position.latest else position.text
         if self._channels.get(state.name) is not state:  # unsubscribed meanwhile
             self._relay.hub.unsubscribe(sub)
@@ -260,7 +252,8 @@ class MultiplexConnection(PublishingConnection):
         if self._channels.get(state.name) is state:
             state.live = True
             self._enqueue(state)  # what arrived meanwhile waits in its buffer
-        return frames.subscribed_to(state.name, state.position, ref)
+        position, state.position = state.position, ""  # said once: not kept
+        return frames.subscribed_to(state.name, position, ref)
 
     def _unsubscribe(self, frame: dict[str, Any], ref: str) -> None:
         name = self._channel_of(frame, ref)
@@ -368,6 +361,8 @@ class MultiplexConnection(PublishingConnection):
         """The subscription has something to send (its ``wake``): give it a turn."""
         if not state.queued:
             state.queued = True
+            if self._ready is None:
+                self._ready = deque()
             self._ready.append(state)
             self.wake.set()
 
@@ -378,18 +373,13 @@ class MultiplexConnection(PublishingConnection):
             state.queued = False
             if state.live and self._channels.get(state.name) is state:
                 return state
+        self._ready = None  # empty: its memory goes, until the next turn is asked for
         return None
 
     async def write(self) -> None:
         """Serve replies and subscriptions until closing; then send the replies still owed (a
-        publish read before the close is answered, as on ``/ws/producer``)."""
-        await self._serve()
-        while self.has_replies and not self.gone:
-            await self.send_replies()
-            if self.has_replies:
-                await self.wait_for_first_reply()
-
-    async def _serve(self) -> None:
+        publish read before the close is answered, as on ``/ws/producer``). The serving loop is
+        here, not in a coroutine of its own, whose frame would stay alive as long as the connection."""
         out = self.out
         while not self.closing:
             await self.send_replies()
@@ -420,6 +410,14 @@ class MultiplexConnection(PublishingConnection):
             elif out.direct and not state.idle:
                 state.idle = True
                 self._idle.append(state)
+        await self._send_owed()
+
+    async def _send_owed(self) -> None:
+        """Closing: the replies still owed, as long as the client is there."""
+        while self.has_replies and not self.gone:
+            await self.send_replies()
+            if self.has_replies:
+                await self.wait_for_first_reply()
 
     def _retry_later(self, state: _Channel, error: BrokerError) -> None:
         """A catch-up read failed: give the subscription a turn again after a backoff of its own."""
@@ -442,12 +440,18 @@ class MultiplexConnection(PublishingConnection):
     def _track(self, work: Any) -> asyncio.Future[Any]:
         """A task whose result a reply renders; cancelled when the connection ends."""
         task: asyncio.Future[Any] = asyncio.ensure_future(work)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._settled)
         return task
 
     def _settled(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None  # a set keeps the room it grew to: let it go
         if not task.cancelled():
             task.exception()  # retrieved: a connection that ended first renders no reply for it
 
@@ -463,11 +467,22 @@ class MultiplexConnection(PublishingConnection):
             self._relay.presence.leave(state.name, self.client)
 
     def finish(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             task.cancel()
         for state in self._channels.values():
             self._drop(state)
         self._channels.clear()
+
+
+_HANDLERS: Final[dict[str, Callable[[MultiplexConnection, dict[str, Any], str], None]]] = {
+    "subscribe": MultiplexConnection._subscribe,
+    "unsubscribe": MultiplexConnection._unsubscribe,
+    "publish": MultiplexConnection._publish,
+    "presence": MultiplexConnection._presence,
+    "refresh": MultiplexConnection._refresh,
+    "ping": MultiplexConnection._ping,
+}
+"""What each frame type calls: one table for every connection, not a dict of bound methods each."""
 
 
 def _ref_of(ref: Any) -> str | None:
