@@ -292,7 +292,11 @@ async def test_consumers_that_stop_reading_are_dropped_and_what_they_pinned_rele
     await eventually(
         lambda: _true(send_queues(instance.port) == []), within=3 + 2 + 3, what="every stuck reader dropped"
     )
-    assert instance.rss_bytes() - baseline < 15 * 1024 * 1024
+    # what was sent to them: 100 x 200 x 8 KB = 160 MB, had the relay kept a copy for each; what it
+    # does hold (one frame per message, the capped kernel buffers outside RSS) is a few MB, but
+    # freed memory need not go back to the system: catch-up reads of readers that fell behind
+    # left up to 52 MB behind in RSS on a loaded machine (the bound was 15 MB, and flaky)
+    assert instance.rss_bytes() - baseline < 64 * 1024 * 1024
     assert instance.log_path.read_text().count("closed by relay, code 1011 (keepalive ping timeout)") == 100
     # a consumer that reads is served as before
     async with connect(f"{instance.ws}/ws/consumer/stuck?from={ids[-2]}") as ws:
