@@ -11,8 +11,8 @@ authenticates, asks the sentinels for the master, health-checks after a quiet sp
 itself on any failure (the next round trip connects again).
 
 The client given must have no socket timeout (``Clients.make(..., timed=False)``): the deadline is
-the round trip's, connecting included, and an expired one leaves no reply behind, because redis-py
-disconnects a connection whose read was interrupted.
+the round trip's (connecting has one of its own), and an expired one leaves no reply behind: a
+round trip cut short disconnects its connection.
 """
 
 from __future__ import annotations
@@ -27,34 +27,53 @@ from redis.asyncio.connection import AbstractConnection
 
 
 class Line:
-    def __init__(self, client: Redis, timeout: float) -> None:
+    def __init__(self, client: Redis, timeout: float, *, connect_timeout: float | None = None) -> None:
         self._pool = client.connection_pool
         self._timeout = timeout
+        # connecting has a bound of its own: behind sentinels it asks them in turn, each within
+        # the connect timeout, and one that hangs must not take the whole of a round trip's
+        self._connect_timeout = connect_timeout or timeout
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()  # one round trip at a time: replies are matched by order
 
     async def round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Each command's reply, in order; an error reply is its exception, in its place. Raises
-        ``ConnectionError`` (redis-py's) or ``TimeoutError`` when the connection failed or the
+        ``ConnectionError`` (redis-py's) or ``TimeoutError`` when the connection failed or a
         deadline passed: then each command may or may not have run."""
-        async with self._lock, asyncio.timeout(self._timeout):
+        async with self._lock:
             connection = self._connection
             if connection is None:
-                connection = self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
+                async with asyncio.timeout(self._connect_timeout):
+                    connection = self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
             try:
-                return await self._exchange(connection, commands)
+                await self._ready(connection)
+                async with asyncio.timeout(self._timeout):
+                    return await self._exchange(connection, commands)
             except BaseException:
                 # whatever was cut short (a handshake, a write, a read) must not leave a reply
                 # behind for the next round trip to take as its own
                 await connection.disconnect(nowait=True)
                 raise
 
-    @staticmethod
-    async def _exchange(connection: AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        if not connection.is_connected:
+    async def _ready(self, connection: AbstractConnection) -> None:
+        """Connected, on a connection with nothing left to read: one the server closed while it
+        sat idle (a restart, Redis's idle ``timeout``, a proxy, a sentinel reconfiguring) is made
+        again before anything is sent, as the pool does when it hands a connection out."""
+        if connection.is_connected:
+            try:
+                stale = await connection.can_read()  # no system call: what the reader already saw
+            except (redis_errors.ConnectionError, OSError):
+                stale = True
+            if not stale:
+                return
+            await connection.disconnect(nowait=True)
+        async with asyncio.timeout(self._connect_timeout):
             # connect() itself, not the write's own reconnect: a Sentinel-managed connection asks
             # the sentinels where the master is now only there
             await connection.connect()  # type: ignore[no-untyped-call, unused-ignore]
+
+    @staticmethod
+    async def _exchange(connection: AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
         await connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:

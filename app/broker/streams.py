@@ -73,12 +73,19 @@ class RedisBroker:
         # no retry for writes: after a dropped connection the script may have run, and running
         # it again would store the messages twice
         self._pub = made.make("pub", 1, 0, True, timed=made.sharded)
-        self._line = None if made.sharded else Line(self._pub, settings.redis_timeout)
         self._read = made.make("read", _READ_CONNECTIONS, 1, True)
         self._cluster = cast(RedisCluster, self._pub) if made.sharded else None
         self._ack_replicas = settings.ack_replicas
         # a little under the socket timeout, so that Redis answers before the socket gives up
         self._wait_ms = max(1, int(settings.redis_timeout * 750))
+        # a round trip ending in WAIT may wait that long on top of its own work
+        deadline = settings.redis_timeout + (self._wait_ms / 1000 if self._ack_replicas else 0)
+        asked = len(settings.redis_sentinels) + 1  # behind sentinels, connecting asks them in turn
+        self._line = (
+            None
+            if made.sharded
+            else Line(self._pub, deadline, connect_timeout=settings.redis_timeout * asked)
+        )
         self._script_loaded = False
         self._claim = self._read.register_script(scripts.CLAIM)
         self._touch = self._read.register_script(scripts.TOUCH)
