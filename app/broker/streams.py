@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Sequence
 from typing import Any, Final, cast
 
@@ -74,6 +75,7 @@ class RedisBroker:
         # it again would store the messages twice
         self._pub = made.make("pub", 1, 0, True, timed=made.sharded)
         self._read = made.make("read", _READ_CONNECTIONS, 1, True)
+        self._last_ids = _LastIds(self._read, self._keys)
         self._cluster = cast(RedisCluster, self._pub) if made.sharded else None
         self._ack_replicas = settings.ack_replicas
         # a little under the socket timeout, so that Redis answers before the socket gives up
@@ -276,8 +278,7 @@ class RedisBroker:
         return Page(entries, lost_until, bool(exists))
 
     async def last_id(self, channel: str) -> StreamId:
-        raw = await checked(self._read.xrevrange(self._keys.stream(channel), count=1), "last_id")
-        return streamid.parse(str(raw[0][0])) if raw else streamid.ZERO
+        return await self._last_ids.get(channel)
 
     async def channels(self, limit: int) -> list[ChannelInfo]:
         return await list_channels(self._read, self._keys, limit)
@@ -419,6 +420,53 @@ async def close_client(client: Redis, within: float) -> None:
     """Close a client's connections, giving up after ``within`` seconds (Redis may be gone)."""
     with contextlib.suppress(*UNAVAILABLE):
         await asyncio.wait_for(client.aclose(), within)
+
+
+class _LastIds:
+    """The last entry ids of channels, for whoever asks at the same moment read in one pipeline,
+    one at a time: a storm of subscriptions (a deployment restarted, every client following its
+    channels again) asks for thousands at once, which one read each would queue for the read
+    pool's few connections longer than a caller waits for one."""
+
+    _BATCH: Final = 500
+
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+        self._asked: dict[str, asyncio.Future[StreamId]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, channel: str) -> asyncio.Future[StreamId]:
+        future = self._asked.get(channel)
+        if future is None:
+            future = self._asked[channel] = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="relay-last-ids")
+        return asyncio.shield(future)  # a caller that gives up cancels nobody else's answer
+
+    async def _run(self) -> None:
+        while self._asked:
+            batch = dict(itertools.islice(self._asked.items(), self._BATCH))
+            for channel in batch:
+                del self._asked[channel]
+            try:
+                found = await self._read(list(batch))
+            except Exception as exc:  # BrokerError mostly: every caller of this batch hears it
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: its caller may have given up
+                continue
+            for (_, future), raw in zip(batch.items(), found, strict=True):
+                if not future.done():
+                    future.set_result(streamid.parse(str(raw[0][0])) if raw else streamid.ZERO)
+
+    async def _read(self, channels: list[str]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for channel in channels:
+            pipe.xrevrange(self._keys.stream(channel), count=1)
+        found: list[Any] = await checked(pipe.execute(), "last_id")
+        return found
 
 
 async def _outcome(run: Awaitable[list[Any]]) -> list[Any] | BrokerUnavailable:

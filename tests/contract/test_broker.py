@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,16 @@ async def test_an_unreachable_redis_is_reported_not_waited_on() -> None:
             await broker.read("c", streamid.ZERO, until=None, count=1)
     finally:
         await broker.close()
+
+
+async def test_thousands_of_positions_asked_at_once_are_all_answered(open_broker: OpenBroker) -> None:
+    """A storm of subscriptions: every new channel's position is asked for at the same moment,
+    far more than the read pool has connections, each caller waiting no longer than the timeout."""
+    broker = await open_broker(Recorder(), redis_timeout=0.1)
+    published = {
+        f"p{n}": ids_of((await broker.publish([PublishRequest(f"p{n}", ["1"])]))[0])[0] for n in range(5)
+    }
+    channels = [*published, *(f"empty{n}" for n in range(3000))]
+    found = await asyncio.gather(*(broker.last_id(channel) for channel in channels))
+    expected = [streamid.parse(published[c]) if c in published else streamid.ZERO for c in channels]
+    assert found == expected
