@@ -112,6 +112,7 @@ class RedisBroker:
     async def close(self) -> None:
         """Stop and disconnect, within a bounded time even when Redis does not answer."""
         await self._pubsub.stop()
+        self._last_ids.close()
         if self._line is not None:
             await self._line.close()
         for client in (self._pub, self._read):
@@ -444,6 +445,15 @@ class _LastIds:
             self._task = asyncio.create_task(self._run(), name="relay-last-ids")
         return asyncio.shield(future)  # a caller that gives up cancels nobody else's answer
 
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for future in self._asked.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable("the broker is closing"))
+                future.exception()  # retrieved: its caller may be gone
+        self._asked.clear()
+
     async def _run(self) -> None:
         while self._asked:
             batch = dict(itertools.islice(self._asked.items(), self._BATCH))
@@ -451,11 +461,14 @@ class _LastIds:
                 del self._asked[channel]
             try:
                 found = await self._read(list(batch))
-            except Exception as exc:  # BrokerError mostly: every caller of this batch hears it
+            except BaseException as exc:  # BrokerError mostly: every caller of this batch hears it
+                error = exc if isinstance(exc, Exception) else BrokerUnavailable("the broker is closing")
                 for future in batch.values():
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(error)
                         future.exception()  # retrieved: its caller may have given up
+                if error is not exc:
+                    raise  # cancelled (closing)
                 continue
             for (_, future), raw in zip(batch.items(), found, strict=True):
                 if not future.done():
