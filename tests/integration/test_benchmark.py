@@ -104,26 +104,16 @@ def test_m1_compares_one_socket_for_many_channels_with_a_socket_each(
     assert result.returncode == 0, result.stderr[-4000:]
     document = json.loads(json_path.read_text())
     params = document["config"]["params"]
-    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
-    assert set(found) == {"M1 /ws", "M1 /ws/consumer"}
-    subscriptions = params["mux_sockets"] * params["mux_per_socket"]
-    for scenario, sockets in (("M1 /ws", params["mux_sockets"]), ("M1 /ws/consumer", subscriptions)):
-        row, details = found[scenario]["row"], found[scenario]["details"]
-        consumers = details["groups"]["consumers"]
-        assert row["status"] == "ok", row
-        assert row["loss"] == 0
-        assert (details["sockets"], details["subscriptions"]) == (sockets, subscriptions)
-        assert details["messages_stored"] == params["mux_rate"] * params["mux_s"] == 400  # --param applied
-        # every message reached every subscription of its channel, once, in order
-        per_channel = subscriptions // params["mux_channels"]
-        assert consumers["unique"] == consumers["expected"] == 400 * per_channel
-        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
-        assert row["cpu_us"] > 0
-        assert row["rss_kb_per_conn"] is not None  # at this size mostly allocator noise
-    (ratio,) = document["versus_ratios"]
-    assert (ratio["scenario"], ratio["versus"]) == ("M1 /ws", "M1 /ws/consumer")
-    assert ratio["cpu_us"] > 0
-    assert "M1 /ws/consumer" in result.stdout
+    assert params["mux_rate"] * params["mux_s"] == 400  # --param applied
+    _check_two_ways(
+        document,
+        result.stdout,
+        "M1",
+        params["mux_sockets"],
+        params["mux_per_socket"],
+        params["mux_channels"],
+        400,
+    )
 
     leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
     assert leftovers == []
@@ -138,33 +128,18 @@ def test_m2_measures_idle_memory_per_socket_and_delivery_over_many_slow_channels
     assert result.returncode == 0, result.stderr[-4000:]
     document = json.loads(json_path.read_text())
     params = document["config"]["params"]
-    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
-    assert set(found) == {"M2 /ws", "M2 /ws/consumer"}
-    per_socket = params["m2_per_socket"]
-    subscriptions = params["m2_sockets"] * per_socket
     messages = int(params["m2_channels"] * params["m2_channel_rate"] * params["m2_s"])
     assert messages == 100  # --param applied: 1 message per second per channel
-    for scenario, sockets in (("M2 /ws", params["m2_sockets"]), ("M2 /ws/consumer", subscriptions)):
-        row, details = found[scenario]["row"], found[scenario]["details"]
-        consumers = details["groups"]["consumers"]
-        assert row["status"] == "ok", row
-        assert row["loss"] == 0
-        assert (details["sockets"], details["subscriptions"]) == (sockets, subscriptions)
-        assert details["messages_stored"] == messages
-        # every message reached every subscription of its channel, once, in order
-        assert (
-            consumers["unique"] == consumers["expected"] == messages * subscriptions // params["m2_channels"]
-        )
-        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
-        assert row["cpu_us"] > 0
-        # the idle memory of a socket, its subscriptions and all (at this size mostly allocator noise)
-        kb_per_socket = row["rss_kb_per_conn"] * subscriptions / sockets
-        assert row["rss_kb_per_socket"] == pytest.approx(kb_per_socket)
-    (ratio,) = document["versus_ratios"]
-    assert (ratio["scenario"], ratio["versus"]) == ("M2 /ws", "M2 /ws/consumer")
-    assert ratio["cpu_us"] > 0
+    _check_two_ways(
+        document,
+        result.stdout,
+        "M2",
+        params["m2_sockets"],
+        params["m2_per_socket"],
+        params["m2_channels"],
+        messages,
+    )
     assert "RSS KB/sock" in result.stdout
-    assert "M2 /ws/consumer" in result.stdout
 
     leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
     assert leftovers == []
@@ -208,3 +183,37 @@ def test_e1_compares_server_sent_events_with_websocket_consumers(
 
     leftovers = list(redis_client.scan_iter(match=f"*bench-{document['run_id']}*", count=1000))
     assert leftovers == []
+
+
+def _check_two_ways(
+    document: dict[str, Any],
+    stdout: str,
+    name: str,
+    sockets: int,
+    per_socket: int,
+    channels: int,
+    messages: int,
+) -> None:
+    """An M1-like result: ``sockets`` ``/ws`` sockets of ``per_socket`` subscriptions each, and
+    the same subscriptions as a socket each, every message delivered to every subscription of its
+    channel once and in order, and the ratio row between the two."""
+    found = {r["scenario"]: r for r in document["results"] if r["target"] == "relay"}
+    mux, single = f"{name} /ws", f"{name} /ws/consumer"
+    assert set(found) == {mux, single}
+    subscriptions = sockets * per_socket
+    for scenario, held in ((mux, sockets), (single, subscriptions)):
+        row, details = found[scenario]["row"], found[scenario]["details"]
+        consumers = details["groups"]["consumers"]
+        assert row["status"] == "ok", row
+        assert row["loss"] == 0
+        assert (details["sockets"], details["subscriptions"]) == (held, subscriptions)
+        assert details["messages_stored"] == messages
+        assert consumers["unique"] == consumers["expected"] == messages * subscriptions // channels
+        assert consumers["dups"] == consumers["gaps"] == consumers["failed"] == consumers["foreign"] == 0
+        assert row["cpu_us"] > 0
+        # the idle memory of a socket, its subscriptions and all (at this size mostly allocator noise)
+        assert row["rss_kb_per_socket"] == pytest.approx(row["rss_kb_per_conn"] * subscriptions / held)
+    (ratio,) = document["versus_ratios"]
+    assert (ratio["scenario"], ratio["versus"]) == (mux, single)
+    assert ratio["cpu_us"] > 0
+    assert single in stdout
