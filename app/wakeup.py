@@ -1,4 +1,9 @@
-"""Wake-ups lighter than ``asyncio.Event``: a flag one task waits on and others set, and a gate."""
+"""Wake-ups lighter than ``asyncio.Event``: a flag one task waits on and others set, and a gate.
+
+Each keeps the loop it first waited on: on Python 3.11, ``asyncio.get_running_loop()`` makes a
+system call (``getpid``, its check for a fork) every time, and a producer's wake-ups run for every
+message it sends (``docs/performance.md``, "Many channels").
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import asyncio
 
 
 class Wakeup:
-    __slots__ = ("_flag", "_waiter")
+    __slots__ = ("_flag", "_loop", "_waiter")
 
     def __init__(self) -> None:
         self._flag = False
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def set(self) -> None:
         self._flag = True
@@ -21,7 +27,10 @@ class Wakeup:
     async def wait(self) -> None:
         """Return once ``set`` was called since the last return."""
         if not self._flag:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:

@@ -82,7 +82,10 @@ def _options(settings: Settings, role: str, retries: int, decode: bool, timed: b
         "socket_connect_timeout": settings.redis_timeout,
         "decode_responses": decode,
         "client_name": f"relay:{settings.instance_name}:{role}",
-        "health_check_interval": 30,
+        # redis-py's check asks the loop for the time around every command and reply (a system
+        # call each on Python 3.11: app.wakeup); where the caller bounds every exchange itself, a
+        # ping would fail within the same bound as the command it precedes, for nothing
+        "health_check_interval": 30 if timed else 0,
         "retry": _retry(retries),
     }
 

@@ -18,7 +18,7 @@ round trip cut short disconnects its connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -34,6 +34,7 @@ class Line:
         # the connect timeout, and one that hangs must not take the whole of a round trip's
         self._connect_timeout = connect_timeout or timeout
         self._connection: AbstractConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()  # one round trip at a time: replies are matched by order
 
     async def round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -47,13 +48,41 @@ class Line:
                     connection = self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 await self._ready(connection)
-                async with asyncio.timeout(self._timeout):
-                    return await self._exchange(connection, commands)
+                return await self._within_deadline(self._exchange(connection, commands))
             except BaseException:
                 # whatever was cut short (a handshake, a write, a read) must not leave a reply
                 # behind for the next round trip to take as its own
                 await connection.disconnect(nowait=True)
                 raise
+
+    async def _within_deadline(self, exchange: Coroutine[Any, Any, list[Any]]) -> list[Any]:
+        """``exchange`` under the round trip's deadline: TimeoutError when it passes.
+
+        What ``asyncio.timeout`` does, on the loop the line keeps: that one asks for the running
+        loop three times (a system call each on Python 3.11, ``app.wakeup``), and it runs for
+        every batch."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = loop.call_later(self._timeout, expire)
+        try:
+            return await exchange
+        except asyncio.CancelledError:
+            # ours alone (nobody else cancelled the task meanwhile): the deadline passed
+            if expired and task.uncancel() == 0:
+                raise TimeoutError(f"Redis did not answer within {self._timeout:g}s") from None
+            raise
+        finally:
+            timer.cancel()
 
     async def _ready(self, connection: AbstractConnection) -> None:
         """Connected, on a connection with nothing left to read: one the server closed while it

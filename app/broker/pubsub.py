@@ -245,6 +245,9 @@ class PubSubSupervisor:
         self._heard = loop.time()
         connection = pubsub.connection
         assert connection is not None  # the control channel is subscribed before the reader starts
+        # the pinger tells whether the connection lives; redis-py's own check would ask the loop
+        # for the time after every message read (a system call each on Python 3.11: app.wakeup)
+        connection.health_check_interval = 0
         while True:
             try:
                 # the connection's own read, as redis-py's get_message(timeout=None) makes it (no

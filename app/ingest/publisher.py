@@ -17,6 +17,7 @@ from typing import Final
 from app import metrics
 from app.broker.interface import Publishing, PublishRequest
 from app.errors import BrokerError, BrokerUnavailable, StorageError
+from app.wakeup import Wakeup
 
 log = logging.getLogger("relay.publisher")
 
@@ -46,7 +47,8 @@ class Publisher:
     def __init__(self, broker: Publishing) -> None:
         self._broker = broker
         self._queue: deque[_Item] = deque()
-        self._ready = asyncio.Event()
+        self._ready = Wakeup()  # something was queued
+        self._loop: asyncio.AbstractEventLoop | None = None  # a system call less per message (app.wakeup)
         self._task: asyncio.Task[None] | None = None
         self._in_flight: list[_Item] = []
         self._bytes = 0  # of messages queued or in flight
@@ -62,6 +64,7 @@ class Publisher:
         await self._room.wait()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="relay-publisher")
 
     async def close(self) -> None:
@@ -74,7 +77,10 @@ class Publisher:
 
     def submit(self, channel: str, data: str, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
         """Queue one message; the future resolves once Redis has it (or fails: not stored)."""
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
         self._queue.append(_Item(channel, data, idempotency_key, future))
         self._bytes += len(data)
         if self._bytes > MAX_QUEUED_BYTES:
@@ -84,8 +90,7 @@ class Publisher:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                self._ready.clear()
+            while not self._queue:  # a wake-up set while the last batch was out may find it taken
                 await self._ready.wait()
             batch = self._in_flight = [
                 self._queue.popleft() for _ in range(min(_MAX_BATCH, len(self._queue)))
