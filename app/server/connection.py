@@ -96,6 +96,13 @@ class Connection(ABC):
     """The label of ``relay_connections`` and of the log lines: producer, consumer, member."""
     reads_on_arrival: ClassVar[bool] = True
     """Take frames with a task made when they arrive (idle kinds), not with a lifelong loop."""
+    replies_at_once: ClassVar[bool] = False
+    """On a wire, a reply that becomes known is sent there and then, from its future's callback,
+    when nothing is in its way, instead of waking the writer for it (busy kinds: producers)."""
+    takes_at_once: ClassVar[bool] = False
+    """On a wire, act on each frame in the protocol's own call as it arrives, while reading is not
+    held (busy kinds whose ``on_frame`` is cheap: producers): no task switch, and no pause and
+    resume of the socket's reading, per frame."""
 
     __slots__ = (
         "_client_code",
@@ -111,6 +118,7 @@ class Connection(ABC):
         "_reader",
         "_replies",
         "_room",
+        "_sending",
         "_watched",
         "channel",
         "out",
@@ -138,6 +146,7 @@ class Connection(ABC):
         self._flood: FloodGuard | None = None
         self._closing_waiter: asyncio.Future[None] | None = None
         self._watched: asyncio.Future[Any] | None = None  # the pending first reply the writer waits on
+        self._sending = True  # the writer has replies on their way (or has not started): none may pass them
 
     # -- what each kind says ---------------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class Connection(ABC):
             self.opened()
             if first_frame is not None:
                 await self.out.send_texts([first_frame])
+            self._sending = False
             await self.write()
             if self._close is not None and not self._gone:
                 await websocket.close(*self._close)
@@ -320,43 +330,89 @@ class Connection(ABC):
                 await self.wake.wait()
 
     def _head_done(self, future: asyncio.Future[Any]) -> None:
-        self.wake.set()
+        if self.replies_at_once and not self._closing and self._send_replies_now() and self._watch_head():
+            return
+        self.wake.set()  # the writer sends, watches the next reply, or winds down
+
+    def _watch_head(self) -> bool:
+        """Have the first reply, when pending, send itself once known (``replies_at_once``);
+        False when the writer is needed (a known reply left: more than a batch)."""
+        replies = self._replies
+        if not replies:
+            return True
+        head = replies[0]
+        if isinstance(head, str) or head[0].done():
+            return False
+        if self._watched is not head[0]:
+            self._watched = head[0]
+            head[0].add_done_callback(self._head_done)
+        return True
+
+    def _send_replies_now(self) -> bool:
+        """:meth:`send_replies` without waiting, from a callback: False when the wire does not
+        take data now or the writer has replies on their way (they go first), and nothing was sent."""
+        out = self.out
+        if self._sending or not isinstance(out, Wire) or not out.open:
+            return False
+        replies = self._replies
+        texts = self._known_replies(replies) if replies else []
+        if texts:
+            if not out.write_texts(texts):  # the transport closed meanwhile
+                replies.extendleft(reversed(texts))  # type: ignore[union-attr]
+                return False
+            if self._room is not None:
+                self._room.set()
+        if replies is not None and not replies and self._replies is replies:
+            self._replies = None
+        return True
 
     async def send_replies(self) -> None:
         """Send the replies at the head of the queue that are known, in order, together; stop at
         the first that is not known yet."""
         replies = self._replies
         while replies:
-            texts: list[str] = []
-            while replies and len(texts) < _REPLY_BATCH:
-                head = replies[0]
-                if not isinstance(head, str):
-                    future, render = head
-                    if not future.done():
-                        break
-                    head = render(future)
-                replies.popleft()
-                texts.append(head)
+            texts = self._known_replies(replies)
             if not texts:
                 return
             if self._room is not None:
                 self._room.set()
-            await self.out.send_texts(texts)
+            self._sending = True
+            try:
+                await self.out.send_texts(texts)
+            finally:
+                self._sending = False
         if replies is not None and self._replies is replies:
             self._replies = None  # empty: a deque keeps 0.6 KB of room, made again when needed
 
+    @staticmethod
+    def _known_replies(replies: deque[Reply]) -> list[str]:
+        """Take the replies at the head that are known (up to a batch), rendered, in order."""
+        texts: list[str] = []
+        while replies and len(texts) < _REPLY_BATCH:
+            head = replies[0]
+            if not isinstance(head, str):
+                future, render = head
+                if not future.done():
+                    break
+                head = render(future)
+            replies.popleft()
+            texts.append(head)
+        return texts
+
     def _queue(self, reply: Reply) -> None:
-        if self._replies is None:
-            self._replies = deque()
-        if not self._replies:  # else the writer is on its way, or waits for the first reply
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = deque()
+        first = not replies  # else the writer is on its way, or waits for the first reply
+        replies.append(reply)
+        if first and not (self.replies_at_once and not self._sending and self._watch_head()):
             self.wake.set()
-        self._replies.append(reply)
 
     # -- reading -----------------------------------------------------------------------------------
 
     def _start_reading(self) -> None:
         out = self.out
-        if isinstance(out, Wire) and self.reads_on_arrival:
+        if isinstance(out, Wire) and (self.reads_on_arrival or self.takes_at_once):
             self._inbox = inbox = out.inbox
             inbox.listener = self._on_event
             if not inbox.empty():  # it arrived before the listener
@@ -376,12 +432,26 @@ class Connection(ABC):
             log.error("%s %s: reading failed", self.role, self.channel, exc_info=task.exception())
             self.request_close(Close.INTERNAL, "internal error")
 
-    def _on_event(self, message: Message) -> None:
-        """The inbox's listener: called as each event arrives."""
+    def _on_event(self, message: Message) -> bool:
+        """The inbox's listener: called as each event arrives; True when the frame was taken."""
         if message["type"] == "websocket.disconnect":
             self._left(message)
-        elif self._reader is None:
+        elif self._reader is not None:
+            pass  # a reader is at work on the inbox: it takes this one too, in order
+        elif self.takes_at_once and not self.reading_held():
+            if not self._closing:  # else left unread, as the reader loop would
+                self._take_at_once(message)
+                return True
+        else:
             self._reader = self._reading(self._take_frames())
+        return False
+
+    def _take_at_once(self, message: Message) -> None:
+        try:
+            self.on_frame(message)
+        except Exception:  # a bug in on_frame: as a failed reader task, not the protocol's error
+            log.exception("%s %s: reading failed", self.role, self.channel)
+            self.request_close(Close.INTERNAL, "internal error")
 
     async def _take_frames(self) -> None:
         """Act on the frames in the inbox, then end (uvicorn reads no more until it is empty)."""

@@ -114,7 +114,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         else:
             event = {"type": "websocket.receive", "bytes": data}
         self.queue.put_nowait(event)  # type: ignore[arg-type]
-        if not self.read_paused:
+        # reading pauses until the application takes the event; an inbox's listener that took it
+        # at once (app.server.wire) spares the pause and the resume, a system call per frame
+        if not self.read_paused and not self.queue.empty():
             self.read_paused = True
             self.transport.pause_reading()
 

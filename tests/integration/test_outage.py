@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import time
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -117,3 +118,38 @@ async def test_a_producer_that_leaves_while_redis_hangs_is_let_go_at_once(
             assert time.monotonic() - started < timeout(2)  # not the 5 s Redis gets to answer
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
+
+
+async def test_a_producer_that_outruns_redis_is_held_back_by_tcp_and_every_frame_is_acked_in_order(
+    relay: RelayFactory, redis_server: RedisServer
+) -> None:
+    """Frames are taken as they arrive (no reader task on the wire), yet beyond the window the
+    relay stops reading the socket: with Redis frozen, the client cannot send its 16 MB; once
+    Redis answers, every frame gets its ack, in order, and is stored once."""
+    redis_server.start()
+    a = relay(redis_url=redis_server.url, redis_timeout="30", producer_window="4").start()
+    pad = "x" * 60_000
+    frames = [json.dumps({"n": n, "pad": pad}) for n in range(280)]  # 16.8 MB
+
+    async def send_all(producer: Any) -> None:
+        for frame in frames:
+            await producer.send(frame)
+
+    async with connect(f"{a.ws}/ws/producer/held", max_size=None) as producer:
+        await producer.send(json.dumps({"first": True}))
+        assert (await recv_json(producer))["type"] == "ack"  # the publisher's line is connected
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            sending = asyncio.create_task(send_all(producer))
+            done, _ = await asyncio.wait([sending], timeout=timeout(3))
+            assert not done, "the relay read past its window while Redis did not answer"
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(sending, timeout(30))
+        replies = [await recv_json(producer, within=30) for _ in frames]
+    assert [r["type"] for r in replies] == ["ack"] * len(frames), [r for r in replies if r["type"] != "ack"][:1]
+    ids = [r["id"] for r in replies]
+    stored = redis_server.client().xrange(f"{a.env['RELAY_KEY_PREFIX']}:{{held}}")
+    assert [entry_id for entry_id, _ in stored[1:]] == ids
+    assert [json.loads(fields["data"])["n"] for _, fields in stored[1:]] == list(range(len(frames)))

@@ -43,7 +43,9 @@ async def serve(websocket: WebSocket, channel: str) -> None:
 
 class ProducerConnection(PublishingConnection):
     role = "producer"
-    reads_on_arrival = False  # producers are busy: one reader loop, no task per arrival
+    reads_on_arrival = False  # producers are busy: without a wire, one reader loop, no task per arrival
+    takes_at_once = True  # on a wire: each frame where it arrives, no task at all
+    replies_at_once = True  # each ack sent as the publish settles, without waking the writer
 
     __slots__ = (
         "_idle",
