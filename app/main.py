@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.server.app import create_app
+from app.server.serve import freeze_startup_objects
 
 
 def __getattr__(name: str) -> FastAPI:
@@ -16,4 +17,5 @@ def __getattr__(name: str) -> FastAPI:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     built = create_app()
     globals()["app"] = built
+    freeze_startup_objects()
     return built
