@@ -148,7 +148,9 @@ async def test_a_producer_that_outruns_redis_is_held_back_by_tcp_and_every_frame
             redis_server.process.send_signal(signal.SIGCONT)
         await asyncio.wait_for(sending, timeout(30))
         replies = [await recv_json(producer, within=30) for _ in frames]
-    assert [r["type"] for r in replies] == ["ack"] * len(frames), [r for r in replies if r["type"] != "ack"][:1]
+    assert [r["type"] for r in replies] == ["ack"] * len(frames), [r for r in replies if r["type"] != "ack"][
+        :1
+    ]
     ids = [r["id"] for r in replies]
     stored = redis_server.client().xrange(f"{a.env['RELAY_KEY_PREFIX']}:{{held}}")
     assert [entry_id for entry_id, _ in stored[1:]] == ids
