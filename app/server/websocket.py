@@ -21,7 +21,8 @@ and the base of the wire, :mod:`app.server.wire`) with these changes:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import math
+from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -49,6 +50,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     # these slots: a slot is a data descriptor of the class, found before the instance dict).
     __slots__ = (
         "_closed_itself",  # the protocol closed the connection (not the application, not the peer)
+        "_ping_slot",  # when its next keepalive ping is due, in the loop's Pings (None: none due)
         "app",
         "app_state",
         "asgi_version",
@@ -90,6 +92,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._closed_itself = False
+        self._ping_slot: int | None = None
         super().__init__(*args, **kwargs)
         # what send() waits on while the transport is paused: asyncio.Event's deque weighs 0.7 KB
         self.writable = Gate()  # type: ignore[assignment]
@@ -125,6 +128,23 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         sent = self.conn.close_sent
         code, reason = (sent.code, sent.reason) if sent is not None else (Close.PROTOCOL_ERROR, "")
         self._closed_by_relay(code, reason)
+
+    def schedule_ping(self) -> None:
+        """The next keepalive ping, due in the loop's :class:`Pings` rather than on a timer of its
+        own (upstream's ``call_later``: about 0.5 KB a connection, all its life)."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self._ping_slot = Pings.of(self.loop, self.ping_interval).add(self, delay)
+
+    def stop_keepalive(self) -> None:
+        if self._ping_slot is not None:
+            Pings.of(self.loop, self.ping_interval or 1.0).discard(self, self._ping_slot)
+            self._ping_slot = None
+        super().stop_keepalive()
+
+    def ping_due(self) -> None:
+        self._ping_slot = None
+        self.send_keepalive_ping()
 
     def keepalive_timeout(self) -> None:
         if self.close_sent or self.transport.is_closing():
@@ -202,6 +222,70 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.disconnected:
             metrics.RESETS.labels(reason).inc()
             reset(self.transport)
+
+
+class Pings:
+    """The keepalive pings due on one event loop, by slot of time: one timer for every connection.
+
+    A slot is a tick of an eighth of the ping interval (at most a second), so a ping goes out at
+    most a tick after it is due. The timer runs only while a ping is due; the loop's Pings are let
+    go with the last one.
+    """
+
+    _of_loop: ClassVar[dict[asyncio.AbstractEventLoop, Pings]] = {}
+
+    __slots__ = ("_due", "_loop", "_tick", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = loop
+        self._tick = min(1.0, interval / 8)
+        self._due: dict[int, set[WebSocketProtocol]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> Pings:
+        pings = cls._of_loop.get(loop)
+        if pings is None:
+            pings = cls._of_loop[loop] = cls(loop, interval)
+        return pings
+
+    def add(self, protocol: WebSocketProtocol, delay: float) -> int:
+        """Ping ``protocol`` (its ``ping_due``) ``delay`` seconds from now; its slot."""
+        slot = math.ceil((self._loop.time() + delay) / self._tick)
+        bucket = self._due.get(slot)
+        if bucket is None:
+            bucket = self._due[slot] = set()
+        bucket.add(protocol)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._fire)
+        return slot
+
+    def discard(self, protocol: WebSocketProtocol, slot: int) -> None:
+        bucket = self._due.get(slot)
+        if bucket is not None:
+            bucket.discard(protocol)
+            if not bucket:
+                del self._due[slot]
+        if not self._due:
+            self._close()
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._loop.time() / self._tick
+        for slot in [slot for slot in self._due if slot <= now]:
+            for protocol in self._due.pop(slot):
+                protocol.ping_due()  # may add it again, to a later slot
+        if self._due:
+            self._timer = self._loop.call_later(self._tick, self._fire)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._of_loop.get(self._loop) is self:
+            del self._of_loop[self._loop]
 
 
 def _disconnect(code: int, reason: str) -> dict[str, Any]:
