@@ -7,8 +7,9 @@ check to take the connection, a timer per reply, a task per write, a result call
 are work done again for every batch to no purpose: at one small message per batch, as on an
 instance with many quiet channels, they were most of what publishing cost
 (``docs/performance.md``, "Many channels"). The connection is still redis-py's: it connects,
-authenticates, asks the sentinels for the master, health-checks after a quiet spell and drops
-itself on any failure (the next round trip connects again).
+authenticates, asks the sentinels for the master and drops itself on any failure (the next round
+trip connects again); a connection the server closed while it sat idle is made again before a round
+trip (no health-check ping: it would fall under the round trip's deadline anyway).
 
 The client given must have no socket timeout (``Clients.make(..., timed=False)``): the deadline is
 the round trip's (connecting has one of its own), and an expired one leaves no reply behind: a
@@ -66,6 +67,7 @@ class Line:
             loop = self._loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         assert task is not None
+        cancelling = task.cancelling()
         expired = False
 
         def expire() -> None:
@@ -76,10 +78,11 @@ class Line:
         timer = loop.call_later(self._timeout, expire)
         try:
             return await exchange
-        except asyncio.CancelledError:
-            # ours alone (nobody else cancelled the task meanwhile): the deadline passed
-            if expired and task.uncancel() == 0:
-                raise TimeoutError(f"Redis did not answer within {self._timeout:g}s") from None
+        except BaseException as exc:
+            # our cancel taken back, however the exchange ended; a CancelledError that was ours
+            # alone (nobody else cancelled the task meanwhile) is the deadline passing
+            if expired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+                raise TimeoutError(f"no reply within {self._timeout:g}s") from None
             raise
         finally:
             timer.cancel()

@@ -438,13 +438,18 @@ class Connection(ABC):
             self._left(message)
         elif self._reader is not None:
             pass  # a reader is at work on the inbox: it takes this one too, in order
-        elif self.takes_at_once and not self.reading_held():
-            if not self._closing:  # else left unread, as the reader loop would
-                self._take_at_once(message)
-                return True
+        elif self.takes_at_once and self._closing:
+            pass  # left unread, and the socket paused: a closing busy kind reads nothing more
+        elif self.takes_at_once and self._only_event() and not self.reading_held():
+            self._take_at_once(message)
+            return True
         else:
             self._reader = self._reading(self._take_frames())
         return False
+
+    def _only_event(self) -> bool:
+        """The event just arrived is the one waiting: taking it now keeps the order."""
+        return self._inbox is not None and self._inbox.qsize() == 1
 
     def _take_at_once(self, message: Message) -> None:
         try:
@@ -461,6 +466,8 @@ class Connection(ABC):
             for _ in range(inbox.qsize()):
                 while self.reading_held() and not self._closing:
                     await self.ready_to_read()
+                if self._closing and self.takes_at_once:
+                    return  # a busy kind reads nothing more once closing (a closing one is not held)
                 if not self._take(await self.websocket.receive()):  # there already: returns at once
                     return
         finally:

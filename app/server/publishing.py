@@ -10,6 +10,7 @@ not counted by the flood rule), and reading pauses until the next one may go.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.websockets import WebSocket
 
@@ -23,7 +24,7 @@ from app.settings import Settings
 
 
 class PublishingConnection(Connection):
-    __slots__ = ("_limit", "_pause", "_publisher", "_window")
+    __slots__ = ("_limit", "_publisher", "_resume_at", "_window")
 
     def __init__(
         self,
@@ -40,16 +41,22 @@ class PublishingConnection(Connection):
         self._limit = (
             RateLimit(settings.publish_rate, settings.publish_burst) if settings.publish_rate else None
         )
-        self._pause = 0.0  # seconds to wait before reading on (after a frame over the rate)
+        # when reading may go on after a frame over the rate (time.monotonic(), as the loop's
+        # clock): a time, not a delay, as frames taken on arrival meet it only with the next one
+        self._resume_at = 0.0
 
     def reading_held(self) -> bool:
         """Read no further while the rate says wait, the window is full, or Redis is behind."""
-        return bool(self._pause) or self.queued_replies >= self._window or self._publisher.full
+        return (
+            (self._resume_at != 0.0 and self._resume_at > time.monotonic())
+            or self.queued_replies >= self._window
+            or self._publisher.full
+        )
 
     async def ready_to_read(self) -> None:
-        if self._pause:
-            pause, self._pause = self._pause, 0.0
-            await asyncio.sleep(pause)
+        if self._resume_at != 0.0 and (wait := self._resume_at - time.monotonic()) > 0:
+            self._resume_at = 0.0
+            await asyncio.sleep(wait)
         elif self.queued_replies >= self._window:
             await self.wait_for_reply_room(self._window)
         elif self._publisher.full:
@@ -61,5 +68,5 @@ class PublishingConnection(Connection):
             return False
         metrics.RATE_LIMITED.inc()
         self.report(ErrorCode.RATE_LIMITED, "over RELAY_PUBLISH_RATE: not stored; slow down", channel, ref)
-        self._pause = self._limit.delay()  # read no faster than allowed: backpressure
+        self._resume_at = time.monotonic() + self._limit.delay()  # no faster than allowed: backpressure
         return True

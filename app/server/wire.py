@@ -113,10 +113,12 @@ class Inbox:
         self.listener: Callable[[Any], bool] | None = None  # told of each event as it arrives
 
     def put_nowait(self, item: Any) -> None:
+        items = self._items
+        items.append(item)  # before the listener: a reader it starts finds it there, however soon it runs
         listener = self.listener
         if listener is not None and listener(item):
-            return  # taken at once
-        self._items.append(item)
+            items.pop()  # taken at once (the last: nothing is taken at once past a waiting event)
+            return
         self._arrived.set()
 
     def empty(self) -> bool:

@@ -6,6 +6,7 @@ stopped and polled in threads, HTTP goes through an async client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RelayFactory
 from tests.support import RedisServer, consumer, eventually, recv_json, recv_messages, timeout, wait_until
@@ -155,3 +157,35 @@ async def test_a_producer_that_outruns_redis_is_held_back_by_tcp_and_every_frame
     stored = redis_server.client().xrange(f"{a.env['RELAY_KEY_PREFIX']}:{{held}}")
     assert [entry_id for entry_id, _ in stored[1:]] == ids
     assert [json.loads(fields["data"])["n"] for _, fields in stored[1:]] == list(range(len(frames)))
+
+
+async def test_a_held_producer_that_is_told_to_close_reads_nothing_more(
+    relay: RelayFactory, redis_server: RedisServer
+) -> None:
+    """A producer held at its window while its instance drains: the relay reads no more of its
+    frames (each would be one more reply kept), and the sender stays held until the close."""
+    redis_server.start()
+    a = relay(redis_url=redis_server.url, redis_timeout="30", producer_window="4", drain_timeout="3").start()
+    frames = [json.dumps({"n": n, "pad": "x" * 60_000}) for n in range(280)]  # 16.8 MB
+
+    async def send_all(producer: Any) -> None:
+        for frame in frames:
+            await producer.send(frame)
+
+    async with connect(f"{a.ws}/ws/producer/held", max_size=None) as producer:
+        await producer.send(json.dumps({"first": True}))
+        assert (await recv_json(producer))["type"] == "ack"
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            sending = asyncio.create_task(send_all(producer))
+            done, _ = await asyncio.wait([sending], timeout=timeout(2))
+            assert not done, "the relay read past its window while Redis did not answer"
+            a.signal(signal.SIGTERM)  # drain: the producer is asked to close while held
+            done, _ = await asyncio.wait([sending], timeout=timeout(2))
+            assert not done or sending.exception() is not None, "a closing producer's frames were read"
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(sending, timeout(30))
+    assert await asyncio.to_thread(a.wait_exit, 30) in (0, -signal.SIGTERM)
