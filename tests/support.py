@@ -211,6 +211,11 @@ class RedisServer:
         except redis.RedisError:
             return False
 
+    def resume(self) -> None:
+        """Let a server stopped with SIGSTOP go on (nothing when it is not running)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         for client in self._clients:
             client.close()

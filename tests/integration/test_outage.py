@@ -11,11 +11,11 @@ import json
 import re
 import signal
 import time
-from typing import Any
+from typing import Final
 
 import httpx2 as httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RelayFactory
@@ -122,6 +122,29 @@ async def test_a_producer_that_leaves_while_redis_hangs_is_let_go_at_once(
             redis_server.process.send_signal(signal.SIGCONT)
 
 
+_FRAMES: Final = [json.dumps({"n": n, "pad": "x" * 60_000}) for n in range(280)]  # 16.8 MB
+
+
+async def _held_by_a_frozen_redis(
+    producer: ClientConnection, redis_server: RedisServer
+) -> asyncio.Task[None]:
+    """Freeze Redis once the producer's line is connected, start sending ``_FRAMES``, and find
+    the sender held (the relay read no further than its window): the sending task."""
+
+    async def send_all() -> None:
+        for frame in _FRAMES:
+            await producer.send(frame)
+
+    await producer.send(json.dumps({"first": True}))
+    assert (await recv_json(producer))["type"] == "ack"  # the publisher's line is connected
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    sending = asyncio.create_task(send_all())
+    done, _ = await asyncio.wait([sending], timeout=timeout(2))
+    assert not done, "the relay read past its window while Redis did not answer"
+    return sending
+
+
 async def test_a_producer_that_outruns_redis_is_held_back_by_tcp_and_every_frame_is_acked_in_order(
     relay: RelayFactory, redis_server: RedisServer
 ) -> None:
@@ -130,33 +153,18 @@ async def test_a_producer_that_outruns_redis_is_held_back_by_tcp_and_every_frame
     Redis answers, every frame gets its ack, in order, and is stored once."""
     redis_server.start()
     a = relay(redis_url=redis_server.url, redis_timeout="30", producer_window="4").start()
-    pad = "x" * 60_000
-    frames = [json.dumps({"n": n, "pad": pad}) for n in range(280)]  # 16.8 MB
-
-    async def send_all(producer: Any) -> None:
-        for frame in frames:
-            await producer.send(frame)
-
     async with connect(f"{a.ws}/ws/producer/held", max_size=None) as producer:
-        await producer.send(json.dumps({"first": True}))
-        assert (await recv_json(producer))["type"] == "ack"  # the publisher's line is connected
-        assert redis_server.process is not None
-        redis_server.process.send_signal(signal.SIGSTOP)
         try:
-            sending = asyncio.create_task(send_all(producer))
-            done, _ = await asyncio.wait([sending], timeout=timeout(3))
-            assert not done, "the relay read past its window while Redis did not answer"
+            sending = await _held_by_a_frozen_redis(producer, redis_server)
         finally:
-            redis_server.process.send_signal(signal.SIGCONT)
+            redis_server.resume()
         await asyncio.wait_for(sending, timeout(30))
-        replies = [await recv_json(producer, within=30) for _ in frames]
-    assert [r["type"] for r in replies] == ["ack"] * len(frames), [r for r in replies if r["type"] != "ack"][
-        :1
-    ]
-    ids = [r["id"] for r in replies]
+        replies = [await recv_json(producer, within=30) for _ in _FRAMES]
+    refused = [reply for reply in replies if reply["type"] != "ack"]
+    assert not refused, refused[:1]
     stored = redis_server.client().xrange(f"{a.env['RELAY_KEY_PREFIX']}:{{held}}")
-    assert [entry_id for entry_id, _ in stored[1:]] == ids
-    assert [json.loads(fields["data"])["n"] for _, fields in stored[1:]] == list(range(len(frames)))
+    assert [entry_id for entry_id, _ in stored[1:]] == [reply["id"] for reply in replies]
+    assert [json.loads(fields["data"])["n"] for _, fields in stored[1:]] == list(range(len(_FRAMES)))
 
 
 async def test_a_held_producer_that_is_told_to_close_reads_nothing_more(
@@ -166,26 +174,14 @@ async def test_a_held_producer_that_is_told_to_close_reads_nothing_more(
     frames (each would be one more reply kept), and the sender stays held until the close."""
     redis_server.start()
     a = relay(redis_url=redis_server.url, redis_timeout="30", producer_window="4", drain_timeout="3").start()
-    frames = [json.dumps({"n": n, "pad": "x" * 60_000}) for n in range(280)]  # 16.8 MB
-
-    async def send_all(producer: Any) -> None:
-        for frame in frames:
-            await producer.send(frame)
-
     async with connect(f"{a.ws}/ws/producer/held", max_size=None) as producer:
-        await producer.send(json.dumps({"first": True}))
-        assert (await recv_json(producer))["type"] == "ack"
-        assert redis_server.process is not None
-        redis_server.process.send_signal(signal.SIGSTOP)
         try:
-            sending = asyncio.create_task(send_all(producer))
-            done, _ = await asyncio.wait([sending], timeout=timeout(2))
-            assert not done, "the relay read past its window while Redis did not answer"
+            sending = await _held_by_a_frozen_redis(producer, redis_server)
             a.signal(signal.SIGTERM)  # drain: the producer is asked to close while held
             done, _ = await asyncio.wait([sending], timeout=timeout(2))
             assert not done or sending.exception() is not None, "a closing producer's frames were read"
         finally:
-            redis_server.process.send_signal(signal.SIGCONT)
+            redis_server.resume()
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(sending, timeout(30))
     assert await asyncio.to_thread(a.wait_exit, 30) in (0, -signal.SIGTERM)
