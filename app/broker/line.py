@@ -109,7 +109,7 @@ class Line:
     async def _exchange(connection: AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
         # hiredis packs each command in C; redis-py's own packing encodes every argument in Python
         # first, 8 µs a script call against 2 here (docs/performance.md, "Many channels")
-        packed = [pack_command(tuple(command)) for command in commands]
+        packed = b"".join([pack_command(tuple(command)) for command in commands])  # one write, not a writev
         await connection.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         for _ in commands:
