@@ -1,6 +1,6 @@
 """Wake-ups lighter than ``asyncio.Event``: a flag one task waits on and others set, and a gate.
 
-Each keeps the loop it first waited on: on Python 3.11, ``asyncio.get_running_loop()`` makes a
+A ``Wakeup`` keeps the loop it first waited on: on Python 3.11, ``asyncio.get_running_loop()`` makes a
 system call (``getpid``, its check for a fork) every time, and a producer's wake-ups run for every
 message it sends (``docs/performance.md``, "Many channels").
 """

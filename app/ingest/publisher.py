@@ -64,7 +64,6 @@ class Publisher:
         await self._room.wait()
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="relay-publisher")
 
     async def close(self) -> None:

@@ -47,11 +47,16 @@ class PublishingConnection(Connection):
 
     def reading_held(self) -> bool:
         """Read no further while the rate says wait, the window is full, or Redis is behind."""
-        return (
-            (self._resume_at != 0.0 and self._resume_at > time.monotonic())
-            or self.queued_replies >= self._window
-            or self._publisher.full
-        )
+        return self._rate_holds() or self.queued_replies >= self._window or self._publisher.full
+
+    def _rate_holds(self) -> bool:
+        """A frame over the rate was answered and its pause has not passed (forgotten once it has)."""
+        if self._resume_at == 0.0:
+            return False
+        if self._resume_at > time.monotonic():
+            return True
+        self._resume_at = 0.0
+        return False
 
     async def ready_to_read(self) -> None:
         if self._resume_at != 0.0 and (wait := self._resume_at - time.monotonic()) > 0:

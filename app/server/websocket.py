@@ -138,7 +138,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def stop_keepalive(self) -> None:
         if self._ping_slot is not None:
-            Pings.of(self.loop, self.ping_interval or 1.0).discard(self, self._ping_slot)
+            pings = Pings.on(self.loop)  # the one it was added to: kept while a ping is due
+            if pings is not None:
+                pings.discard(self, self._ping_slot)
             self._ping_slot = None
         super().stop_keepalive()
 
@@ -241,6 +243,11 @@ class Pings:
         self._tick = min(1.0, interval / 8)
         self._due: dict[int, set[WebSocketProtocol]] = {}
         self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def on(cls, loop: asyncio.AbstractEventLoop) -> Pings | None:
+        """The loop's Pings, if any ping is due on it."""
+        return cls._of_loop.get(loop)
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> Pings:
