@@ -4,7 +4,8 @@
 ``S1``                    fan-out: consumers spread over the instances, one producer at a fixed rate
 ``S2``                    S1 in steps of doubling rate until p99, loss or the producer's rate fails
 ``S3``                    ingest: producers keeping a window of messages unacknowledged
-``S4``                    idle consumers on the first instance: memory and Redis connections
+``S4``                    idle consumers on the first instance: memory and Redis connections; with
+                          ``/ws``, beside them: idle sockets following 10 shared channels each
 ``M1``                    one ``/ws`` socket following many channels, against a socket per channel
 ``M2``                    M1 wide: 1,000 ``/ws`` sockets following 10 of 1,000 channels, 1 msg/s each
 ``E1``                    Server-Sent Events streams against ``/ws/consumer`` sockets, loaded alike
@@ -57,6 +58,8 @@ class Params:
     ingest_window: int = 64
     ingest_s: float = 10.0
     idle_consumers: int = 5000
+    idle_ws_sockets: int = 2000  # S4 /ws: idle /ws sockets, each following idle_ws_per_socket channels
+    idle_ws_per_socket: int = 10  # of as many channels, which every socket follows
     mux_sockets: int = 200  # M1: /ws connections; the other mode has this times mux_per_socket
     mux_per_socket: int = 10  # channels each /ws connection follows
     mux_channels: int = 50
@@ -96,6 +99,7 @@ QUICK: Final = Params(
     ingest_window=16,
     ingest_s=2.0,
     idle_consumers=200,
+    idle_ws_sockets=40,
     mux_sockets=20,
     mux_channels=10,
     mux_rate=100.0,
@@ -393,25 +397,59 @@ async def ingest(target: Target, ctx: Context) -> ScenarioResult:
 # -- S4: idle ----------------------------------------------------------------------------------------
 
 
-async def idle(target: Target, ctx: Context) -> ScenarioResult:
+S4_WS: Final = "S4 /ws"
+
+
+async def idle(target: Target, ctx: Context) -> list[ScenarioResult]:
+    """S4: idle ``/ws/consumer`` sockets on the first instance; with ``/ws`` (the relay), idle ``/ws``
+    sockets following ``idle_ws_per_socket`` channels each beside them, held at once, so that
+    neither set's RSS growth is memory the other freed."""
     count = ctx.params.idle_consumers
     group = GroupPlan("idle", _consumers(target.urls[:1], ctx.channel(target, "s4"), count), concurrency=256)
-    outcome = await ctx.load(target, Load(label=f"{target.name} S4", groups=[group], max_s=5.0, drain_s=0.0))
+    single = Load(label=f"{target.name} S4", groups=[group], max_s=5.0, drain_s=0.0)
+    if not target.relay_frames:
+        return [_idle_result(target, "S4", await ctx.load(target, single), count, 1)]
+    sockets, per_socket = ctx.params.idle_ws_sockets, ctx.params.idle_ws_per_socket
+    channels = [ctx.channel(target, f"s4-ws-{i}") for i in range(per_socket)]
+    url = target.urls[0]
+    subscriptions = [(f"{url}/ws", channel) for _ in range(sockets) for channel in channels]
+    plan = GroupPlan("idle", subscriptions, concurrency=256, multiplex=per_socket)
+    mux = Load(label=f"{target.name} {S4_WS}", groups=[plan], max_s=5.0, drain_s=0.0)
+    single_outcome, mux_outcome = await _in_turn(ctx, target, [single, mux])
+    return [
+        _idle_result(target, "S4", single_outcome, count, 1),
+        _idle_result(target, S4_WS, mux_outcome, sockets * per_socket, per_socket),
+    ]
+
+
+def _idle_result(
+    target: Target, scenario: str, outcome: Outcome, count: int, per_socket: int
+) -> ScenarioResult:
+    """An S4 row: RSS growth per idle client connection (a ``/ws`` socket with all its subscriptions)."""
     merged = outcome.groups["idle"]
-    connected = merged.counts["connected"]
+    connected = merged.counts["connected"]  # subscriptions; a /ws socket's are up together or not at all
+    sockets = connected // per_socket
     seconds = (merged.connected_ms - merged.started_ms) / 1000.0
+    what = (
+        f"{sockets:,} sockets, {connected:,} subscriptions" if per_socket > 1 else f"{connected:,}/{count:,}"
+    )
     notes = [
-        f"{connected:,}/{count:,} connected in {seconds:.1f}s",
+        f"{what} connected in {seconds:.1f}s",
         f"handshake p50/p99 {merged.connect.percentile(0.5) or 0:.1f}/{merged.connect.percentile(0.99) or 0:.1f} ms",
     ]
+    if connected < count:
+        notes.insert(0, f"only {connected:,} of {count:,} subscriptions up")
     row = Row(
         target=target.name,
-        scenario="S4",
-        rss_kb_per_conn=_per(outcome.server_rss_kb, connected),
+        scenario=scenario,
+        rss_kb_per_conn=_per(outcome.server_rss_kb, sockets),
         redis_conns=outcome.redis_conns,
         loadgen_cpu_pct=outcome.loadgen_cpu_pct_life,
         notes=notes + _integrity(target, merged)[1:],
     )
+    if per_socket > 1:
+        row.rss_kb_per_socket = row.rss_kb_per_conn
+        row.versus = "S4"
     return ScenarioResult(row, _details(outcome, connect_wall_s=seconds), outcome.workers)
 
 
