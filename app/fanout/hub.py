@@ -32,6 +32,9 @@ class Hub:
         self._broker = broker
         # what catching-up subscriptions read, shared
         self.pages = PageSource(broker.read, followed=lambda channel: channel in self._topics)
+        # made once: a bound method per topic or subscription would be 64 bytes each
+        self._read_entries = broker.read
+        self._read_page = self.pages.read
         self._buffer = buffer
         self._topics: dict[str, Topic] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -63,7 +66,7 @@ class Hub:
             base=tail,
             report_gap=position.report_gap,
             limit=limit or self._buffer,
-            reader=self.pages.read,
+            reader=self._read_page,
             wake=wake,
         )
         topic.add(sub)
@@ -132,7 +135,7 @@ class Hub:
         return topic
 
     def _open(self, channel: str) -> Topic:
-        topic = Topic(channel, self._broker.read)
+        topic = Topic(channel, self._read_entries)
         self._topics[channel] = topic
         metrics.TOPICS.set(len(self._topics))
         task = asyncio.create_task(self._start(topic), name=f"relay-follow-{channel}")

@@ -66,12 +66,14 @@ class TopicState(enum.Enum):
 
 
 class Held:
-    """Announcements held while a topic reads, in arrival order, bounded in entries and bytes."""
+    """Announcements held while a topic reads, in arrival order, bounded in entries and bytes.
+
+    Its queue exists only while something is held: most topics never hold anything."""
 
     __slots__ = ("_bytes", "_covered", "_entries", "_items")
 
     def __init__(self) -> None:
-        self._items: deque[tuple[StreamId, list[Entry]]] = deque()
+        self._items: deque[tuple[StreamId, list[Entry]]] | None = None
         self._entries = 0
         self._bytes = 0
         self._covered = 0  # how many at the head were held before the last read to the end began
@@ -86,10 +88,13 @@ class Held:
         if self._entries > HELD_ENTRIES or self._bytes > HELD_BYTES:
             self.clear()
             return False
+        if self._items is None:
+            self._items = deque()
         self._items.append((prev, entries))
         return True
 
     def first_prev(self) -> StreamId:
+        assert self._items
         return self._items[0][0]
 
     @property
@@ -99,17 +104,20 @@ class Held:
 
     def mark(self) -> None:
         """A read to the end begins: everything held now was stored before what it will read."""
-        self._covered = len(self._items)
+        self._covered = len(self._items) if self._items else 0
 
     def pop(self) -> list[Entry]:
+        assert self._items
         _, entries = self._items.popleft()
+        if not self._items:
+            self._items = None
         self._entries -= len(entries)
         self._bytes -= sum(len(data) for _, data in entries)
         self._covered = max(0, self._covered - 1)
         return entries
 
     def clear(self) -> None:
-        self._items.clear()
+        self._items = None
         self._entries = self._bytes = self._covered = 0
 
 
@@ -135,7 +143,7 @@ class Topic:
         self.last: StreamId | None = None  # id of the last entry passed on; None while STARTING
         self._read = read
         self._subs: set[Subscription] = set()
-        self._watchers: set[Callable[[], None]] = set()  # told of new entries (consumer groups)
+        self._watchers: set[Callable[[], None]] | None = None  # told of new entries (consumer groups)
         self._waiters = 0
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._held = Held()
@@ -155,10 +163,15 @@ class Topic:
         self._subs.discard(sub)
 
     def watch(self, watcher: Callable[[], None]) -> None:
+        if self._watchers is None:
+            self._watchers = set()
         self._watchers.add(watcher)
 
     def unwatch(self, watcher: Callable[[], None]) -> None:
-        self._watchers.discard(watcher)
+        if self._watchers is not None:
+            self._watchers.discard(watcher)
+            if not self._watchers:
+                self._watchers = None
 
     def buffered(self) -> int:
         return sum(sub.buffered for sub in self._subs)
@@ -246,14 +259,20 @@ class Topic:
         self._notify()
 
     def _notify(self) -> None:
-        for watcher in self._watchers:
-            watcher()
+        if self._watchers is not None:
+            for watcher in self._watchers:
+                watcher()
 
     # -- filling ----------------------------------------------------------------------------------
 
     def _start_fill(self) -> None:
         if self._fill is None or self._fill.done():
             self._fill = asyncio.create_task(self._filling(), name=f"relay-fill-{self.channel}")
+            self._fill.add_done_callback(self._filled)
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        if self._fill is task:
+            self._fill = None  # a finished task is not kept for the topic's life
 
     async def _filling(self) -> None:
         backoff = Backoff()

@@ -58,7 +58,9 @@ class Presence:
         self._ttl = settings.presence_ttl
         self._numbers = itertools.count(1)
         self._epoch = 1
-        self._held: dict[_Key, str] = {}  # entry of each (channel, client) joined here
+        # entry of each channel a client joined here, by client: a dict per connection, not a
+        # (channel, client) tuple per subscription (85 bytes each, with its slot)
+        self._held: dict[str, dict[str, str]] = {}
         # the last change per key, oldest first, each with its number (``_made`` counts them)
         self._queue: dict[_Key, tuple[int, PresenceChange]] = {}
         self._made = 0
@@ -77,11 +79,19 @@ class Presence:
         return f"{self.boot}.{next(self._numbers)}"
 
     def join(self, channel: str, client: str, entry: str) -> None:
-        self._held[(channel, client)] = entry
+        joined = self._held.get(client)
+        if joined is None:
+            joined = self._held[client] = {}
+        joined[channel] = entry
         self._change(PresenceChange(channel, client, entry, frames.joined(channel, entry), True, self._epoch))
 
     def leave(self, channel: str, client: str) -> None:
-        entry = self._held.pop((channel, client), None)
+        joined = self._held.get(client)
+        if joined is None:
+            return
+        entry = joined.pop(channel, None)
+        if not joined:
+            del self._held[client]
         if entry is not None:
             self._change(PresenceChange(channel, client, entry, frames.left(channel, entry), False))
 
@@ -174,12 +184,13 @@ class Presence:
             "presence heartbeat was lost (Redis restarted, failed over, or away over %gs):"
             " writing %d entries again",
             self._ttl,
-            len(self._held),
+            sum(len(joined) for joined in self._held.values()),
         )
-        for (channel, client), entry in self._held.items():
-            self._change(
-                PresenceChange(channel, client, entry, frames.joined(channel, entry), True, self._epoch)
-            )
+        for client, joined in self._held.items():
+            for channel, entry in joined.items():
+                self._change(
+                    PresenceChange(channel, client, entry, frames.joined(channel, entry), True, self._epoch)
+                )
 
     async def _write(self) -> None:
         await self._beating.wait()

@@ -190,7 +190,7 @@ class MultiplexConnection(PublishingConnection):
             self.refuse(ErrorCode.INVALID_FRAME, "channel: expected a channel name", ref=ref)
             return None
         try:
-            names.check_channel(name)
+            name = names.check_channel(name)
         except ProtocolError as exc:
             self.refuse(ErrorCode.INVALID_CHANNEL, exc.detail, name[:140], ref)
             return None
