@@ -24,6 +24,8 @@ class Wakeup:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    __call__ = set  # the wake-up is its own callback: no bound method kept per subscriber
+
     async def wait(self) -> None:
         """Return once ``set`` was called since the last return."""
         if not self._flag:

@@ -189,6 +189,7 @@ class Connection(ABC):
             self.opened()
             if first_frame is not None:
                 await self.out.send_texts([first_frame])
+                first_frame = None  # not kept for the connection's life
             self._sending = False
             await self.write()
             if self._close is not None and not self._gone:

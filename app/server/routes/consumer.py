@@ -41,9 +41,11 @@ async def serve(websocket: WebSocket, channel: str) -> None:
         return
     position = admission.position
     connection = ConsumerConnection(websocket, channel, expires=admission.grant.expires)
-    with relay.connection(connection):  # counted from here: the limit holds while Redis answers
+    relay.track(connection)  # counted from here: the limit holds while Redis answers
+    try:
         try:
-            sub = await relay.hub.subscribe(channel, position, connection.wake.set)
+            # the wake-up itself, not its bound set(): that would be 64 bytes more per consumer
+            sub = await relay.hub.subscribe(channel, position, connection.wake)
         except BrokerError as exc:
             await deny(websocket, 503, ErrorCode.UNAVAILABLE, f"cannot follow the channel now: {exc}")
             return
@@ -51,6 +53,8 @@ async def serve(websocket: WebSocket, channel: str) -> None:
             await connection.follow(sub, position)
         finally:
             relay.hub.unsubscribe(sub)
+    finally:
+        relay.untrack(connection)
 
 
 class ConsumerConnection(Connection):

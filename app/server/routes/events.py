@@ -153,14 +153,17 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self._relay
-        with relay.connection(self):
+        relay.track(self)
+        try:
             try:
-                sub = await relay.hub.subscribe(self.channel, self._position, self._wake.set)
+                sub = await relay.hub.subscribe(self.channel, self._position, self._wake)
             except BrokerError as exc:
                 refusal = unavailable(f"cannot follow the channel now: {exc}", self._cors, self._event_source)
                 await refusal(scope, receive, send)
                 return
             await self._serve(sub, scope, receive, send)
+        finally:
+            relay.untrack(self)
 
     async def _serve(self, sub: Subscription, scope: Scope, receive: Receive, send: Send) -> None:
         out = stream_of(scope, receive, send)

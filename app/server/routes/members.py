@@ -37,7 +37,8 @@ async def serve_member(websocket: WebSocket, relay: Relay, channel: str, admissi
         await deny(websocket, 403, ErrorCode.FORBIDDEN, f"the token does not allow to join group {group!r}")
         return
     member = GroupMember(websocket, channel, prefetch, expires=admission.grant.expires)
-    with relay.connection(member):  # counted from here: the limit holds while Redis answers
+    relay.track(member)  # counted from here: the limit holds while Redis answers
+    try:
         try:
             membership = await manager.join(channel, group, member, admission.position)
         except BrokerError as exc:
@@ -47,6 +48,8 @@ async def serve_member(websocket: WebSocket, relay: Relay, channel: str, admissi
             await member.serve(membership, group)
         finally:
             manager.leave(membership)
+    finally:
+        relay.untrack(member)
 
 
 class GroupMember(Connection):

@@ -74,8 +74,11 @@ async def serve(websocket: WebSocket, channel: str) -> None:
     if not await room_for(websocket, relay):
         return
     connection = MultiplexConnection(websocket, relay, grant)
-    with relay.connection(connection):
+    relay.track(connection)
+    try:
         await connection.run(frames.connected(connection.client))
+    finally:
+        relay.untrack(connection)
 
 
 class _Channel:

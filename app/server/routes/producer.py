@@ -37,8 +37,11 @@ async def serve(websocket: WebSocket, channel: str) -> None:
     connection = ProducerConnection(
         websocket, channel, relay.publisher, relay.settings, expires=admission.grant.expires
     )
-    with relay.connection(connection):
+    relay.track(connection)
+    try:
         await connection.run()
+    finally:
+        relay.untrack(connection)
 
 
 class ProducerConnection(PublishingConnection):
