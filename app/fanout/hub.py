@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from app import metrics
 from app.broker.interface import Entry, Follower
@@ -22,6 +23,8 @@ from app.protocol import streamid
 from app.protocol.names import Position
 
 log = logging.getLogger("relay.hub")
+
+_Sub = TypeVar("_Sub", bound=Subscription)
 
 PresenceWatcher = Callable[[str, str], None]
 """Told of a join or leave: the connection's id, and the frame for the others."""
@@ -57,17 +60,20 @@ class Hub:
     ) -> Subscription:
         """Attach a consumer holding at most ``limit`` live messages (the hub's buffer by default);
         raises BrokerError when the channel cannot be followed now."""
-        topic = await self._followed(channel)
+        return await self.attach(Subscription(channel, wake), position, limit=limit)
+
+    async def attach(self, sub: _Sub, position: Position, *, limit: int | None = None) -> _Sub:
+        """``subscribe`` with a subscription made by the caller, not yet begun (a subclass that
+        carries the connection's own state for the channel)."""
+        topic = await self._followed(sub.channel)
         assert topic.last is not None
         tail = topic.last
-        sub = Subscription(
-            channel,
+        sub.begin(
             last=tail if position.latest else position.after,
             base=tail,
             report_gap=position.report_gap,
             limit=limit or self._buffer,
             reader=self._read_page,
-            wake=wake,
         )
         topic.add(sub)
         return sub

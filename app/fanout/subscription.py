@@ -57,30 +57,33 @@ class Subscription:
         "parked",
     )
 
-    def __init__(
-        self,
-        channel: str,
-        *,
-        last: StreamId,
-        base: StreamId,
-        report_gap: bool,
-        limit: int,
-        reader: Reader,
-        wake: Callable[[], None],
-    ) -> None:
+    def __init__(self, channel: str, wake: Callable[[], None]) -> None:
+        """A subscription that has not begun: :meth:`begin` says where it starts (the hub calls
+        it once the channel's position is known). A connection's own state for a channel may
+        subclass it, so that a subscription is one object, not two (``app.server.routes.multiplex``)."""
         self.channel = channel
-        self.last = last
-        self._base = base
-        self._behind = last < base
-        self._report_gap = report_gap or not self._behind  # only the first read may skip it
+        self._wake = wake
+        self.last = streamid.ZERO
+        self._base = streamid.ZERO
+        self._behind = False
+        self._report_gap = True
         self._gap_from: StreamId | None = None  # a loss to report before the next message
         # made when first needed (a parked subscription never needs it); None entries: loss markers
         self._live: deque[tuple[StreamId, Frame | None]] | None = None
         self._losses = 0  # loss markers in _live
+        self._limit = 0
+        self._reader: Reader | None = None
+        self.parked: Sink | None = None  # live messages go straight to this sink
+
+    def begin(self, *, last: StreamId, base: StreamId, report_gap: bool, limit: int, reader: Reader) -> None:
+        """Deliver what follows ``last``: the stream up to ``base`` first (when behind), holding at
+        most ``limit`` live messages meanwhile."""
+        self.last = last
+        self._base = base
+        self._behind = last < base
+        self._report_gap = report_gap or not self._behind  # only the first read may skip it
         self._limit = limit
         self._reader = reader
-        self._wake = wake
-        self.parked: Sink | None = None  # live messages go straight to this sink
 
     @property
     def behind(self) -> bool:
@@ -171,7 +174,9 @@ class Subscription:
     async def _catch_up(self) -> list[Frame]:
         target = self._base
         after = self.last
-        page = await self._reader(self.channel, after, until=target, report_gap=self._report_gap)
+        reader = self._reader
+        assert reader is not None, "take() before begin()"
+        page = await reader(self.channel, after, until=target, report_gap=self._report_gap)
         self._report_gap = True
         if page.lost_until is not None and self._gap_from is None:
             self._gap_from = after

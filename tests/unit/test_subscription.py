@@ -52,15 +52,9 @@ class FakeStream:
 def make(
     stream: FakeStream, last: StreamId, base: StreamId, limit: int = 10, report_gap: bool = True
 ) -> Subscription:
-    return Subscription(
-        "c",
-        last=last,
-        base=base,
-        report_gap=report_gap,
-        limit=limit,
-        reader=PageSource(stream.read).read,
-        wake=lambda: None,
-    )
+    sub = Subscription("c", wake=lambda: None)
+    sub.begin(last=last, base=base, report_gap=report_gap, limit=limit, reader=PageSource(stream.read).read)
+    return sub
 
 
 async def drain(sub: Subscription) -> list[dict[str, object]]:

@@ -81,29 +81,29 @@ async def serve(websocket: WebSocket, channel: str) -> None:
         relay.untrack(connection)
 
 
-class _Channel:
-    """One subscription of the connection: pending until the hub has it (``sub``), live once its
-    ``subscribed`` reply went out. Calling it is its subscription's wake-up (it asks the writer
-    for a turn): no closure or bound method per subscription."""
+class _Channel(Subscription):
+    """One subscription of the connection, and the connection's state for it, in one object:
+    pending until the hub has begun it (``attached``), live once its ``subscribed`` reply went
+    out. It is its own wake-up (calling it asks the writer for a turn): no closure or bound method
+    per subscription."""
 
     __slots__ = (
+        "attached",
         "backoff",
         "connection",
         "idle",
         "live",
-        "name",
         "position",
         "presence",
         "queued",
-        "sub",
         "watcher",
     )
 
     def __init__(self, connection: MultiplexConnection, name: str, presence: bool) -> None:
+        super().__init__(name, self)
         self.connection = connection
-        self.name = name
         self.presence = presence  # send the others' joins and leaves
-        self.sub: Subscription | None = None
+        self.attached = False  # the hub delivers to it
         self.position = ""  # the id of the subscribed reply
         self.live = False
         self.queued = False  # in the writer's turn list
@@ -232,31 +232,31 @@ class MultiplexConnection(PublishingConnection):
         self.reply_later(following, lambda done: self._subscribed(state, done, ref))
 
     async def _follow(self, state: _Channel, position: Position) -> None:
-        sub = await self._relay.hub.subscribe(state.name, position, state, limit=self._buffer)
-        state.position = streamid.format_id(sub.last) if position.latest else position.text
-        if self._channels.get(state.name) is not state:  # unsubscribed meanwhile
-            self._relay.hub.unsubscribe(sub)
+        await self._relay.hub.attach(state, position, limit=self._buffer)
+        state.position = streamid.format_id(state.last) if position.latest else position.text
+        if self._channels.get(state.channel) is not state:  # unsubscribed meanwhile
+            self._relay.hub.unsubscribe(state)
             return
-        state.sub = sub
+        state.attached = True
         metrics.SUBSCRIPTIONS.inc()
-        self._relay.presence.join(state.name, self.client, self._entry)
+        self._relay.presence.join(state.channel, self.client, self._entry)
         if state.presence:
             state.watcher = lambda client, frame: self._presence_event(state, client, frame)
-            self._relay.hub.watch_presence(state.name, state.watcher)
+            self._relay.hub.watch_presence(state.channel, state.watcher)
 
     def _subscribed(self, state: _Channel, done: asyncio.Future[None], ref: str) -> str:
         """The reply to a subscribe, once the hub has it; from here on the subscription sends."""
         error = done.exception() if not done.cancelled() else BrokerError("the connection is closing")
         if error is not None:
-            if self._channels.get(state.name) is state:
-                del self._channels[state.name]
+            if self._channels.get(state.channel) is state:
+                del self._channels[state.channel]
             detail = f"cannot follow the channel now: {error}"
-            return self.error_text(ErrorCode.UNAVAILABLE, detail, state.name, ref)
-        if self._channels.get(state.name) is state:
+            return self.error_text(ErrorCode.UNAVAILABLE, detail, state.channel, ref)
+        if self._channels.get(state.channel) is state:
             state.live = True
             self._enqueue(state)  # what arrived meanwhile waits in its buffer
         position, state.position = state.position, ""  # said once: not kept
-        return frames.subscribed_to(state.name, position, ref)
+        return frames.subscribed_to(state.channel, position, ref)
 
     def _unsubscribe(self, frame: dict[str, Any], ref: str) -> None:
         name = self._channel_of(frame, ref)
@@ -348,7 +348,7 @@ class MultiplexConnection(PublishingConnection):
     def _presence_event(self, state: _Channel, client: str, frame: str) -> None:
         """Another connection joined or left a channel this one watches (queued behind the
         subscription's ``subscribed`` reply, which was queued when the subscribe was read)."""
-        if client == self.client or self._channels.get(state.name) is not state or self.closing:
+        if client == self.client or self._channels.get(state.channel) is not state or self.closing:
             return
         queued = self.queued_replies
         if queued >= _SLOW_REPLIES * self._window and (
@@ -374,7 +374,7 @@ class MultiplexConnection(PublishingConnection):
         while ready:
             state = ready.popleft()
             state.queued = False
-            if state.live and self._channels.get(state.name) is state:
+            if state.live and self._channels.get(state.channel) is state:
                 return state
         self._ready = None  # empty: its memory goes, until the next turn is asked for
         return None
@@ -395,10 +395,9 @@ class MultiplexConnection(PublishingConnection):
                     self._park()
                 await self.wake.wait()
                 continue
-            sub = state.sub
-            assert sub is not None
+            assert state.attached
             try:
-                batch = await sub.take()
+                batch = await state.take()
             except BrokerError as exc:  # Redis is away: this one tries again later, the others go on
                 self._retry_later(state, exc)
                 continue
@@ -408,7 +407,7 @@ class MultiplexConnection(PublishingConnection):
                 await out.send(batch)
                 metrics.DELIVERED.inc(len(batch))
                 await asyncio.sleep(0)  # as on /ws/consumer: a shared page must not hold the loop
-            if batch or sub.behind:
+            if batch or state.behind:
                 self._enqueue(state)  # more may follow: after the others' turn
             elif out.direct and not state.idle:
                 state.idle = True
@@ -426,7 +425,7 @@ class MultiplexConnection(PublishingConnection):
         """A catch-up read failed: give the subscription a turn again after a backoff of its own."""
         state.backoff = state.backoff or Backoff()
         delay = state.backoff.failed()
-        log.warning("catch-up read on %r failed (%s); retrying in %.1fs", state.name, error, delay)
+        log.warning("catch-up read on %r failed (%s); retrying in %.1fs", state.channel, error, delay)
         asyncio.get_running_loop().call_later(delay, self._enqueue, state)
 
     def _park(self) -> None:
@@ -434,8 +433,8 @@ class MultiplexConnection(PublishingConnection):
         out = self.out
         for state in self._idle:
             state.idle = False
-            if state.sub is not None and not state.queued and self._channels.get(state.name) is state:
-                state.sub.park(out)
+            if state.attached and not state.queued and self._channels.get(state.channel) is state:
+                state.park(out)
         self._idle.clear()
 
     # -- the end ---------------------------------------------------------------------------------
@@ -462,12 +461,12 @@ class MultiplexConnection(PublishingConnection):
         """Let go of a subscription: no frame of it is sent from here on; it leaves presence."""
         state.live = False
         if state.watcher is not None:
-            self._relay.hub.unwatch_presence(state.name, state.watcher)
-        if state.sub is not None:
-            self._relay.hub.unsubscribe(state.sub)
-            state.sub = None
+            self._relay.hub.unwatch_presence(state.channel, state.watcher)
+        if state.attached:
+            self._relay.hub.unsubscribe(state)
+            state.attached = False
             metrics.SUBSCRIPTIONS.dec()
-            self._relay.presence.leave(state.name, self.client)
+            self._relay.presence.leave(state.channel, self.client)
 
     def finish(self) -> None:
         for task in list(self._tasks or ()):
