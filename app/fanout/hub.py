@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TypeVar
 
 from app import metrics
 from app.broker.interface import Entry, Follower
@@ -23,8 +22,6 @@ from app.protocol import streamid
 from app.protocol.names import Position
 
 log = logging.getLogger("relay.hub")
-
-_Sub = TypeVar("_Sub", bound=Subscription)
 
 PresenceWatcher = Callable[[str, str], None]
 """Told of a join or leave: the connection's id, and the frame for the others."""
@@ -60,14 +57,42 @@ class Hub:
     ) -> Subscription:
         """Attach a consumer holding at most ``limit`` live messages (the hub's buffer by default);
         raises BrokerError when the channel cannot be followed now."""
-        return await self.attach(Subscription(channel, wake), position, limit=limit)
+        sub = Subscription(channel, wake)
+        self._begin(await self._followed(channel), sub, position, limit)
+        return sub
 
-    async def attach(self, sub: _Sub, position: Position, *, limit: int | None = None) -> _Sub:
-        """``subscribe`` with a subscription made by the caller, not yet begun (a subclass that
-        carries the connection's own state for the channel)."""
-        topic = await self._followed(sub.channel)
-        assert topic.last is not None
+    def attach_soon(
+        self,
+        sub: Subscription,
+        position: Position,
+        then: Callable[[BrokerError | None], None],
+        *,
+        limit: int | None = None,
+    ) -> None:
+        """``subscribe`` without a task: begin ``sub`` (made by the caller, not yet begun) once the
+        channel's position is known, at once when it is, then call ``then(None)``; or call
+        ``then(error)`` when the channel cannot be followed now. A subscribe frame costs no task
+        and no coroutine frames while it waits: thousands arrive together when clients come back."""
+        topic = self._topics.get(sub.channel)
+        if topic is None:
+            topic = self._open(sub.channel)
+        if topic.last is not None:
+            self._begin(topic, sub, position, limit)
+            then(None)
+            return
+
+        def positioned(error: BrokerError | None) -> None:
+            if error is None:
+                self._begin(topic, sub, position, limit)
+            else:
+                self._drop_if_unused(topic)
+            then(error)
+
+        topic.when_positioned(positioned)
+
+    def _begin(self, topic: Topic, sub: Subscription, position: Position, limit: int | None) -> None:
         tail = topic.last
+        assert tail is not None
         sub.begin(
             last=tail if position.latest else position.after,
             base=tail,
@@ -76,7 +101,6 @@ class Hub:
             reader=self._read_page,
         )
         topic.add(sub)
-        return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         topic = self._topics.get(sub.channel)

@@ -57,6 +57,10 @@ HELD_ENTRIES: Final = 10_000  # announced entries held per topic while it reads;
 HELD_BYTES: Final = 8 * 1024 * 1024
 
 
+def _broker_error(error: BaseException) -> BrokerError:
+    return error if isinstance(error, BrokerError) else BrokerError(f"cannot follow: {error}")
+
+
 class TopicState(enum.Enum):
     STARTING = "starting"
     FOLLOWING = "following"
@@ -186,6 +190,21 @@ class Topic:
                 self._waiters -= 1
         assert self.last is not None  # set before _ready is
         return self.last
+
+    def when_positioned(self, callback: Callable[[BrokerError | None], None]) -> None:
+        """``position`` as a callback: ``callback(None)`` once the position is known, or
+        ``callback(error)`` if following failed; the topic counts as used until then."""
+        self._waiters += 1
+
+        def done(ready: asyncio.Future[None]) -> None:
+            self._waiters -= 1
+            if ready.cancelled():
+                callback(BrokerError(f"channel {self.channel!r} is no longer followed"))
+                return
+            error = ready.exception()
+            callback(None if error is None else _broker_error(error))
+
+        self._ready.add_done_callback(done)
 
     # -- what the hub tells it --------------------------------------------------------------------
 

@@ -228,14 +228,31 @@ class MultiplexConnection(PublishingConnection):
             self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, detail, name, ref)
             return
         state = self._channels[name] = _Channel(self, name, presence)
-        following = self._track(self._follow(state, position))
+        # a future, not a task: no coroutine frames per subscribe while the position is read
+        following: asyncio.Future[None] = self._track(asyncio.get_running_loop().create_future())
+        self._relay.hub.attach_soon(
+            state,
+            position,
+            lambda error: self._attached(state, position, following, error),
+            limit=self._buffer,
+        )
         self.reply_later(following, lambda done: self._subscribed(state, done, ref))
 
-    async def _follow(self, state: _Channel, position: Position) -> None:
-        await self._relay.hub.attach(state, position, limit=self._buffer)
+    def _attached(
+        self, state: _Channel, position: Position, following: asyncio.Future[None], error: BrokerError | None
+    ) -> None:
+        """The hub began the subscription (``error`` None), or could not follow the channel."""
+        if following.done():  # cancelled: the connection ended while it waited
+            if error is None:
+                self._relay.hub.unsubscribe(state)
+            return
+        if error is not None:
+            following.set_exception(error)
+            return
         state.position = streamid.format_id(state.last) if position.latest else position.text
         if self._channels.get(state.channel) is not state:  # unsubscribed meanwhile
             self._relay.hub.unsubscribe(state)
+            following.set_result(None)
             return
         state.attached = True
         metrics.SUBSCRIPTIONS.inc()
@@ -243,6 +260,7 @@ class MultiplexConnection(PublishingConnection):
         if state.presence:
             state.watcher = lambda client, frame: self._presence_event(state, client, frame)
             self._relay.hub.watch_presence(state.channel, state.watcher)
+        following.set_result(None)
 
     def _subscribed(self, state: _Channel, done: asyncio.Future[None], ref: str) -> str:
         """The reply to a subscribe, once the hub has it; from here on the subscription sends."""
