@@ -91,22 +91,34 @@ def configure_process(level: str, fmt: str = "text") -> None:
 
 
 class ConnectionLog:
-    """The open and close lines of one connection, and its first few error replies."""
+    """The open and close lines of one connection, and its first few error replies.
 
-    __slots__ = ("_errors", "_fields", "_opened")
+    It keeps the peer's address as the scope has it and makes the lines' fields when it logs:
+    a dict and a string less per connection for as long as it stays open."""
+
+    __slots__ = ("_channel", "_errors", "_opened", "_peer", "_role")
 
     _ERRORS_LOGGED = 10
 
-    def __init__(self, role: str, channel: str, peer: str) -> None:
-        self._fields: dict[str, Any] = {"event": "open", "role": role, "channel": channel, "peer": peer}
+    def __init__(self, role: str, channel: str, peer: tuple[str, int] | str | None) -> None:
+        self._role = role
+        self._channel = channel
+        self._peer = peer  # the scope's (host, port), or a text already made
         self._opened = time.monotonic()
         self._errors = 0
-        connections.info("%s %s %s: open", peer, role, channel, extra=self._fields)
+        fields = self._fields("open")
+        connections.info("%s %s %s: open", fields["peer"], role, channel, extra=fields)
+
+    def _fields(self, event: str) -> dict[str, Any]:
+        peer = self._peer
+        text = peer if isinstance(peer, str) else peer_of(peer)
+        return {"event": event, "role": self._role, "channel": self._channel, "peer": text}
 
     def error(self, code: str, detail: str) -> None:
         self._errors += 1
         if self._errors <= self._ERRORS_LOGGED:
-            fields = {**self._fields, "event": "error", "code": code}
+            fields = self._fields("error")
+            fields["code"] = code
             connections.info(
                 "%s %s %s: error %s: %s",
                 fields["peer"],
@@ -119,15 +131,8 @@ class ConnectionLog:
 
     def closed(self, code: int | None, reason: str, by: str) -> None:
         seconds = round(time.monotonic() - self._opened, 3)
-        fields = {
-            **self._fields,
-            "event": "close",
-            "code": code,
-            "reason": reason,
-            "by": by,
-            "seconds": seconds,
-            "errors": self._errors,
-        }
+        fields = self._fields("close")
+        fields.update(code=code, reason=reason, by=by, seconds=seconds, errors=self._errors)
         connections.info(
             "%s %s %s: closed by %s, code %s%s, after %.1fs, %d error(s)",
             fields["peer"],

@@ -43,7 +43,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import metrics
-from app.logs import ConnectionLog, peer_of
+from app.logs import ConnectionLog
 from app.protocol import frames
 from app.protocol.codes import Close, ErrorCode
 from app.server.outlet import Outlet, outlet_of
@@ -182,7 +182,7 @@ class Connection(ABC):
         await websocket.accept()
         _forget_request(websocket)
         metrics.CONNECTIONS.labels(self.role).inc()
-        self._log = ConnectionLog(self.role, self.channel, peer_of(websocket.client))
+        self._log = ConnectionLog(self.role, self.channel, websocket.scope.get("client"))
         self.expire_at(self._expires)
         try:
             self._start_reading()

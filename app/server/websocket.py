@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 
 from app import metrics
 from app.protocol.codes import Close, ErrorCode
@@ -35,6 +36,12 @@ from app.wakeup import Gate
 
 CLOSED_BY_RELAY: Final = "relay.closed_by_relay"
 """Key of a ``websocket.disconnect`` event that the relay's own close caused (value True)."""
+
+_NO_HEADERS: Final = Headers()
+"""What a handshake's request is left with once it is accepted (nothing reads it after)."""
+
+_ADDRESSES: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+"""The server's own addresses, one tuple each, shared by the connections (``connection_made``)."""
 
 _BAD_HANDSHAKE: Final = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -172,10 +179,18 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         for the connection's life (a local of its generator), 2.7 KB more."""
         request = getattr(self, "request", None)
         if request is not None:
-            request.headers.clear()
+            request.headers = _NO_HEADERS  # its own empty dict and list would stay too
+            request.path = ""
             del self.request
         if getattr(self, "response", None) is not None:
             del self.response
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # every connection's local address is one of the few the server listens on: one tuple for
+        # all of them, not a tuple, a string and a number each (0.14 KB a connection)
+        if self.server is not None:
+            self.server = _ADDRESSES.setdefault(self.server, self.server)
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         """The application is done (upstream then closed the transport, gracefully): a peer that
