@@ -109,7 +109,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self._items: list[Any] = []
-        self._arrived = Wakeup()
+        self._arrived: Wakeup | None = None  # made by the first get that waits: most never do
         self.listener: Callable[[Any], bool] | None = None  # told of each event as it arrives
 
     def put_nowait(self, item: Any) -> None:
@@ -119,7 +119,8 @@ class Inbox:
         if listener is not None and listener(item):
             items.pop()  # taken at once (the last: nothing is taken at once past a waiting event)
             return
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def empty(self) -> bool:
         return not self._items
@@ -129,6 +130,8 @@ class Inbox:
 
     async def get(self) -> Any:
         while not self._items:
+            if self._arrived is None:
+                self._arrived = Wakeup()
             await self._arrived.wait()
         return self._items.pop(0)
 

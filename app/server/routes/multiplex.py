@@ -93,7 +93,6 @@ class _Channel(Subscription):
         "connection",
         "idle",
         "live",
-        "position",
         "presence",
         "queued",
         "watcher",
@@ -104,7 +103,6 @@ class _Channel(Subscription):
         self.connection = connection
         self.presence = presence  # send the others' joins and leaves
         self.attached = False  # the hub delivers to it
-        self.position = ""  # the id of the subscribed reply
         self.live = False
         self.queued = False  # in the writer's turn list
         self.idle = False  # in the list of those to park
@@ -229,7 +227,7 @@ class MultiplexConnection(PublishingConnection):
             return
         state = self._channels[name] = _Channel(self, name, presence)
         # a future, not a task: no coroutine frames per subscribe while the position is read
-        following: asyncio.Future[None] = self._track(asyncio.get_running_loop().create_future())
+        following: asyncio.Future[str] = self._track(asyncio.get_running_loop().create_future())
         self._relay.hub.attach_soon(
             state,
             position,
@@ -239,7 +237,7 @@ class MultiplexConnection(PublishingConnection):
         self.reply_later(following, lambda done: self._subscribed(state, done, ref))
 
     def _attached(
-        self, state: _Channel, position: Position, following: asyncio.Future[None], error: BrokerError | None
+        self, state: _Channel, position: Position, following: asyncio.Future[str], error: BrokerError | None
     ) -> None:
         """The hub began the subscription (``error`` None), or could not follow the channel."""
         if following.done():  # cancelled: the connection ended while it waited
@@ -249,10 +247,11 @@ class MultiplexConnection(PublishingConnection):
         if error is not None:
             following.set_exception(error)
             return
-        state.position = streamid.format_id(state.last) if position.latest else position.text
+        # the subscribed reply's id: the future's result, not kept on the subscription
+        subscribed_id = streamid.format_id(state.last) if position.latest else position.text
         if self._channels.get(state.channel) is not state:  # unsubscribed meanwhile
             self._relay.hub.unsubscribe(state)
-            following.set_result(None)
+            following.set_result(subscribed_id)
             return
         state.attached = True
         metrics.SUBSCRIPTIONS.inc()
@@ -260,9 +259,9 @@ class MultiplexConnection(PublishingConnection):
         if state.presence:
             state.watcher = lambda client, frame: self._presence_event(state, client, frame)
             self._relay.hub.watch_presence(state.channel, state.watcher)
-        following.set_result(None)
+        following.set_result(subscribed_id)
 
-    def _subscribed(self, state: _Channel, done: asyncio.Future[None], ref: str) -> str:
+    def _subscribed(self, state: _Channel, done: asyncio.Future[str], ref: str) -> str:
         """The reply to a subscribe, once the hub has it; from here on the subscription sends."""
         error = done.exception() if not done.cancelled() else BrokerError("the connection is closing")
         if error is not None:
@@ -273,8 +272,7 @@ class MultiplexConnection(PublishingConnection):
         if self._channels.get(state.channel) is state:
             state.live = True
             self._enqueue(state)  # what arrived meanwhile waits in its buffer
-        position, state.position = state.position, ""  # said once: not kept
-        return frames.subscribed_to(state.channel, position, ref)
+        return frames.subscribed_to(state.channel, done.result(), ref)
 
     def _unsubscribe(self, frame: dict[str, Any], ref: str) -> None:
         name = self._channel_of(frame, ref)
