@@ -185,3 +185,32 @@ async def test_a_held_producer_that_is_told_to_close_reads_nothing_more(
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(sending, timeout(30))
     assert await asyncio.to_thread(a.wait_exit, 30) in (0, -signal.SIGTERM)
+
+
+async def test_a_socket_gone_while_its_subscribe_waits_for_redis_leaves_the_channel_unfollowed(
+    relay: RelayFactory, redis_server: RedisServer
+) -> None:
+    """A ``/ws`` subscribe waits for its channel's position with a callback, not a task. When
+    the socket has closed by the time Redis answers, the subscription leaves the hub there and
+    then: the channel is not followed on for nobody."""
+    redis_server.start()
+    a = relay(redis_url=redis_server.url, redis_timeout="30").start()
+
+    async def followed(count: int) -> bool:
+        return await asyncio.to_thread(a.metric, "relay_channels_followed") == count
+
+    async with connect(f"{a.ws}/ws") as ws:
+        assert (await recv_json(ws))["type"] == "connected"
+        await ws.send(json.dumps({"type": "subscribe", "channel": "first", "ref": 1}))
+        assert (await recv_json(ws))["type"] == "subscribed"  # Redis answers: the relay is connected
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            await ws.send(json.dumps({"type": "subscribe", "channel": "late", "ref": 2}))
+            await eventually(lambda: followed(2), 5, "the second channel to be asked for")
+            await ws.close()
+            await eventually(lambda: followed(1), 5, "the closed socket's followed channel to go")
+        finally:
+            redis_server.resume()
+    # Redis answers the position of "late" now, to a subscription whose socket is gone
+    await eventually(lambda: followed(0), 10, "the late channel to be let go once Redis answered")

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from app.broker.interface import Page
-from app.errors import BrokerUnavailable
+from app.errors import BrokerError, BrokerUnavailable
 from app.fanout.hub import Hub
+from app.fanout.subscription import Subscription
 from app.fanout.topic import HELD_ENTRIES, Topic, TopicState
 from app.protocol import names, streamid
 from app.protocol.streamid import StreamId
@@ -23,6 +24,7 @@ class FakeBroker:
         self.entries: list[tuple[str, str]] = []
         self.failures = 0
         self.follow_gate: asyncio.Event | None = None
+        self.follow_failure: Exception | None = None  # raised by follow(), after the gate
         self.following = asyncio.Event()
         self.read_gate: asyncio.Event | None = None
         self.reading = asyncio.Event()  # set when a read begins
@@ -41,6 +43,8 @@ class FakeBroker:
         self.following.set()
         if self.follow_gate is not None:
             await self.follow_gate.wait()
+        if self.follow_failure is not None:
+            raise self.follow_failure
         return last
 
     def unfollow(self, channel: str) -> None:
@@ -236,3 +240,37 @@ async def test_more_held_than_a_topic_keeps_is_let_go_and_read_again_from_the_st
     got = await received(sub, wake, 2 + HELD_ENTRIES)
     assert got == ["never announced", "after a hole", *range(HELD_ENTRIES)]
     assert state(topic) is TopicState.FOLLOWING
+
+
+async def test_a_subscription_attached_soon_begins_once_the_position_is_known_and_at_once_after() -> None:
+    broker = FakeBroker()
+    broker.add("before anyone followed")
+    broker.follow_gate = asyncio.Event()
+    hub = Hub(broker, buffer=100)
+    first_wake, second_wake = Wakeup(), Wakeup()
+    first, second = Subscription("c", first_wake), Subscription("c", second_wake)
+    heard: asyncio.Future[BrokerError | None] = asyncio.get_running_loop().create_future()
+    hub.attach_soon(first, names.LATEST, heard.set_result)
+    await asyncio.wait_for(broker.following.wait(), timeout(5))
+    assert not heard.done()  # the position is not known yet: nothing is said, and nothing delivered
+    broker.follow_gate.set()
+    assert await asyncio.wait_for(heard, timeout(5)) is None
+    assert first.last == streamid.parse("1-0")  # from the channel's end when it was followed
+    said: list[BrokerError | None] = []
+    hub.attach_soon(second, names.LATEST, said.append)
+    assert said == [None]  # the channel is followed: begun before attach_soon returns
+    broker.announce(hub, "live")
+    assert await received(first, first_wake, 1) == ["live"]
+    assert await received(second, second_wake, 1) == ["live"]
+
+
+async def test_a_subscription_attached_soon_to_a_channel_that_cannot_be_followed_hears_why() -> None:
+    broker = FakeBroker()
+    broker.follow_failure = BrokerUnavailable("down, on purpose")
+    hub = Hub(broker, buffer=100)
+    heard: asyncio.Future[BrokerError | None] = asyncio.get_running_loop().create_future()
+    hub.attach_soon(Subscription("c", Wakeup()), names.LATEST, heard.set_result)
+    error = await asyncio.wait_for(heard, timeout(5))
+    assert isinstance(error, BrokerError)
+    assert "down, on purpose" in str(error)
+    assert hub.topics == 0  # nothing is left following the channel for nobody
