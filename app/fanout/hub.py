@@ -44,6 +44,14 @@ class Hub:
     def topics(self) -> int:
         return len(self._topics)
 
+    def shared_name(self, channel: str) -> str:
+        """``channel`` as the topic that follows it holds it, when there is one: the subscriptions
+        and presence keys of a channel then share one string, not a copy per frame that named it
+        (not ``sys.intern``: CPython 3.12 made interned strings immortal, so a client naming
+        ever new channels would fill memory)."""
+        topic = self._topics.get(channel)
+        return channel if topic is None else topic.channel
+
     def topic(self, channel: str) -> Topic | None:
         """The channel's topic while it is followed here."""
         return self._topics.get(channel)
@@ -83,8 +91,12 @@ class Hub:
 
         def positioned(error: BrokerError | None) -> None:
             if error is None:
-                self._begin(topic, sub, position, limit)
-            else:
+                try:
+                    self._begin(topic, sub, position, limit)
+                except Exception as exc:  # said to the caller (a reply), not only to the loop's log
+                    log.exception("attaching to channel %r failed", sub.channel)
+                    error = BrokerError(f"cannot follow: {exc}")
+            if error is not None:
                 self._drop_if_unused(topic)
             then(error)
 

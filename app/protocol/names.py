@@ -7,7 +7,6 @@ sees, with a detail that says what was expected.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,11 +38,9 @@ ORIGIN: Final = Position(streamid.ZERO, report_gap=False)
 
 
 def check_channel(name: str) -> str:
-    """``name``, interned: the subscriptions, topic and presence keys of a channel then share one
-    string, not a copy per frame that named it."""
     if _CHANNEL.fullmatch(name) is None:
         raise InvalidChannel(f"invalid channel name {name[:140]!r}: expected {CHANNEL_PATTERN}")
-    return sys.intern(name)
+    return name
 
 
 def check_group(name: str) -> str:

@@ -191,7 +191,7 @@ class MultiplexConnection(PublishingConnection):
             self.refuse(ErrorCode.INVALID_FRAME, "channel: expected a channel name", ref=ref)
             return None
         try:
-            name = names.check_channel(name)
+            names.check_channel(name)
         except ProtocolError as exc:
             self.refuse(ErrorCode.INVALID_CHANNEL, exc.detail, name[:140], ref)
             return None
@@ -225,6 +225,7 @@ class MultiplexConnection(PublishingConnection):
             detail = f"{self._max_subscriptions} subscriptions on this connection (RELAY_MAX_SUBSCRIPTIONS)"
             self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, detail, name, ref)
             return
+        name = self._relay.hub.shared_name(name)  # one string per followed channel, not one per frame
         state = self._channels[name] = _Channel(self, name, presence)
         # a future, not a task: no coroutine frames per subscribe while the position is read
         following: asyncio.Future[str] = self._track(asyncio.get_running_loop().create_future())
@@ -247,6 +248,21 @@ class MultiplexConnection(PublishingConnection):
         if error is not None:
             following.set_exception(error)
             return
+        try:
+            self._join(state, position, following)
+        except (
+            Exception
+        ) as exc:  # a callback's exception would reach only the loop's log: the reply waits on it
+            log.exception("subscribing to %r failed", state.channel)
+            if state.attached:
+                self._drop(state)  # counted, perhaps joined: let go of all of it
+            else:
+                self._relay.hub.unsubscribe(state)
+            if not following.done():
+                following.set_exception(BrokerError(f"cannot follow: {exc}"))
+
+    def _join(self, state: _Channel, position: Position, following: asyncio.Future[str]) -> None:
+        """The hub has the subscription: it counts, joins presence, and its reply can be sent."""
         # the subscribed reply's id: the future's result, not kept on the subscription
         subscribed_id = streamid.format_id(state.last) if position.latest else position.text
         if self._channels.get(state.channel) is not state:  # unsubscribed meanwhile
