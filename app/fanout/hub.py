@@ -91,12 +91,8 @@ class Hub:
 
         def positioned(error: BrokerError | None) -> None:
             if error is None:
-                try:
-                    self._begin(topic, sub, position, limit)
-                except Exception as exc:  # said to the caller (a reply), not only to the loop's log
-                    log.exception("attaching to channel %r failed", sub.channel)
-                    error = BrokerError(f"cannot follow: {exc}")
-            if error is not None:
+                self._begin(topic, sub, position, limit)
+            else:
                 self._drop_if_unused(topic)
             then(error)
 

@@ -57,10 +57,6 @@ HELD_ENTRIES: Final = 10_000  # announced entries held per topic while it reads;
 HELD_BYTES: Final = 8 * 1024 * 1024
 
 
-def _broker_error(error: BaseException) -> BrokerError:
-    return error if isinstance(error, BrokerError) else BrokerError(f"cannot follow: {error}")
-
-
 class TopicState(enum.Enum):
     STARTING = "starting"
     FOLLOWING = "following"
@@ -198,11 +194,9 @@ class Topic:
 
         def done(ready: asyncio.Future[None]) -> None:
             self._waiters -= 1
-            if ready.cancelled():
-                callback(BrokerError(f"channel {self.channel!r} is no longer followed"))
-                return
-            error = ready.exception()
-            callback(None if error is None else _broker_error(error))
+            error = ready.exception()  # never cancelled; failed() sets a BrokerError
+            assert error is None or isinstance(error, BrokerError)
+            callback(error)
 
         self._ready.add_done_callback(done)
 

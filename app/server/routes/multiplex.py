@@ -248,11 +248,10 @@ class MultiplexConnection(PublishingConnection):
         if error is not None:
             following.set_exception(error)
             return
+        # an exception here would reach only the loop's log, and every reply waits behind this one
         try:
             self._join(state, position, following)
-        except (
-            Exception
-        ) as exc:  # a callback's exception would reach only the loop's log: the reply waits on it
+        except Exception as exc:
             log.exception("subscribing to %r failed", state.channel)
             if state.attached:
                 self._drop(state)  # counted, perhaps joined: let go of all of it
